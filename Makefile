@@ -1,0 +1,36 @@
+# One venv for everything; `make demo` and `make test` create it on first use.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+T5_VERSION := 0.9.4
+
+.PHONY: venv demo test lint format clean
+
+venv: $(VENV)/.installed
+
+$(VENV)/.installed: setup.py
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	# The CPU build of torch (for the transformers parity tests) before anything can pull CUDA.
+	$(PIP) install -q torch==2.13.0
+	# t5 without its dependencies: setup.py lists them, minus the tensorflow-datasets duplicate.
+	$(PIP) install -q --no-deps t5==$(T5_VERSION)
+	$(PIP) install -q -e '.[test]'
+	$(PIP) check
+	touch $@
+
+demo: venv
+	$(PY) -m codegen2_jax.main --gin_file=experiments/demo_cpu.gin --gin.MODEL_DIR="'runs/demo'"
+
+test: venv
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+	$(PY) -m pytest -n 2 -q tests
+
+format: venv
+	$(PY) -m ruff format .
+	$(PY) -m ruff check --fix .
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache .ruff_cache

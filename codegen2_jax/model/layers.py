@@ -1,0 +1,118 @@
+"""The CodeGen block: one LayerNorm feeding attention and MLP in parallel.
+
+Every parameter carries logical axis names (nn.with_logical_partitioning) and every large
+activation a logical constraint; partitioning.py maps the names onto the device mesh.
+"""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+
+from codegen2_jax.model import attention
+from codegen2_jax.model.config import TransformerConfig
+
+BATCH, LENGTH = "activation_batch", "activation_length"
+
+
+def normal_kernel(config: TransformerConfig, axes: tuple[str, ...]):
+    return nn.with_logical_partitioning(nn.initializers.normal(config.init_std), axes)
+
+
+def layer_norm(config: TransformerConfig, name: str) -> nn.LayerNorm:
+    return nn.LayerNorm(
+        epsilon=config.layer_norm_epsilon,
+        dtype=config.compute_dtype,
+        scale_init=nn.with_logical_partitioning(nn.initializers.ones, ("embed",)),
+        bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("embed",)),
+        name=name,
+    )
+
+
+class SelfAttention(nn.Module):
+    """Fused qkv projection without bias, partial rotary on q and k, output projection."""
+
+    config: TransformerConfig
+
+    @nn.compact
+    def __call__(self, x: jax.Array, mask: jax.Array | None, positions: jax.Array) -> jax.Array:
+        cfg = self.config
+        qkv = nn.DenseGeneral(
+            features=(3, cfg.num_heads, cfg.head_dim),
+            use_bias=False,
+            dtype=cfg.compute_dtype,
+            kernel_init=normal_kernel(cfg, ("embed", "qkv", "heads", "kv")),
+            name="qkv",
+        )(x)  # [B, T, 3, H, hd]
+        heads_axes = (BATCH, LENGTH, "activation_heads", "activation_kv")
+        q, k, v = (nn.with_logical_constraint(qkv[:, :, i], heads_axes) for i in range(3))
+        sin, cos = attention.rotary_tables(positions, cfg.rotary_dim)
+        q, k = attention.apply_rotary(q, sin, cos), attention.apply_rotary(k, sin, cos)
+        if cfg.attention_impl == "cudnn":
+            out = attention.fused_attention(q, k, v, mask, implementation="cudnn")
+        else:
+            out = attention.xla_attention(q, k, v, mask)
+        out = nn.with_logical_constraint(out, heads_axes)
+        return nn.DenseGeneral(
+            features=cfg.embed_dim,
+            axis=(-2, -1),
+            use_bias=False,
+            dtype=cfg.compute_dtype,
+            kernel_init=normal_kernel(cfg, ("heads", "kv", "embed")),
+            name="out",
+        )(out)
+
+
+class Mlp(nn.Module):
+    """d -> hidden -> d with biases and tanh-approximate gelu."""
+
+    config: TransformerConfig
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        cfg = self.config
+        bias = nn.with_logical_partitioning(nn.initializers.zeros, ("mlp",))
+        h = nn.Dense(
+            cfg.hidden_dim,
+            dtype=cfg.compute_dtype,
+            kernel_init=normal_kernel(cfg, ("embed", "mlp")),
+            bias_init=bias,
+            name="fc_in",
+        )(x)
+        h = nn.with_logical_constraint(h, (BATCH, LENGTH, "activation_mlp"))
+        h = nn.gelu(h, approximate=True)
+        return nn.Dense(
+            cfg.embed_dim,
+            dtype=cfg.compute_dtype,
+            kernel_init=normal_kernel(cfg, ("mlp", "embed")),
+            bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("embed",)),
+            name="fc_out",
+        )(h)
+
+
+class Block(nn.Module):
+    """x + attn(ln(x)) + mlp(ln(x)), the parallel residual of GPT-J and CodeGen.
+
+    Under nn.scan (scanned=True) it returns the (carry, output) pair scan expects.
+    """
+
+    config: TransformerConfig
+    scanned: bool = False
+
+    @nn.compact
+    def __call__(self, x: jax.Array, mask: jax.Array | None, positions: jax.Array):
+        x = nn.with_logical_constraint(x, (BATCH, LENGTH, "activation_embed"))
+        h = layer_norm(self.config, "ln")(x)
+        out = x + SelfAttention(self.config, name="attn")(h, mask, positions)
+        out = out + Mlp(self.config, name="mlp")(h)
+        out = nn.with_logical_constraint(out.astype(x.dtype), (BATCH, LENGTH, "activation_embed"))
+        return (out, None) if self.scanned else out
+
+
+def remat_policy(name: str):
+    """Named jax.checkpoint policies; "full" saves nothing and recomputes the whole block."""
+    return {
+        "full": jax.checkpoint_policies.nothing_saveable,
+        "dots": jax.checkpoint_policies.dots_saveable,
+        "dots_no_batch": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+    }[name]

