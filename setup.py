@@ -1,5 +1,7 @@
 """codegen2_jax: pretraining code language models with the CodeGen2 recipe in JAX/Flax."""
 
+import pathlib
+
 import setuptools
 
 T5_RUNTIME_REQUIREMENTS = [
@@ -21,7 +23,7 @@ setuptools.setup(
     name="codegen2_jax",
     version="0.1.0",
     description="CodeGen2 pretraining in JAX/Flax: prefix-LM models, SeqIO objectives, gin runs.",
-    long_description=open("README.md", encoding="utf-8").read(),
+    long_description=pathlib.Path("README.md").read_text(encoding="utf-8"),
     long_description_content_type="text/markdown",
     license="Apache-2.0",
     python_requires=">=3.10",
