@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
 
 from codegen2_jax.model import attention
 from codegen2_jax.model.config import TransformerConfig
@@ -29,6 +30,25 @@ def layer_norm(config: TransformerConfig, name: str) -> nn.LayerNorm:
     )
 
 
+class Projection(nn.Module):
+    """A bias-free multi-axis projection: one fp32 kernel contracted by an einsum.
+
+    nn.DenseGeneral initialises its kernel flat and reshapes it afterwards, which clashes with
+    a logical sharding constraint on the full-rank kernel; this creates it at its real shape.
+    """
+
+    config: TransformerConfig
+    shape: tuple[int, ...]
+    axes: tuple[str, ...]
+    equation: str
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        dtype = self.config.compute_dtype
+        kernel = self.param("kernel", normal_kernel(self.config, self.axes), self.shape)
+        return jnp.einsum(self.equation, x.astype(dtype), kernel.astype(dtype))
+
+
 class SelfAttention(nn.Module):
     """Fused qkv projection without bias, partial rotary on q and k, output projection."""
 
@@ -37,11 +57,11 @@ class SelfAttention(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array, mask: jax.Array | None, positions: jax.Array) -> jax.Array:
         cfg = self.config
-        qkv = nn.DenseGeneral(
-            features=(3, cfg.num_heads, cfg.head_dim),
-            use_bias=False,
-            dtype=cfg.compute_dtype,
-            kernel_init=normal_kernel(cfg, ("embed", "qkv", "heads", "kv")),
+        qkv = Projection(
+            cfg,
+            shape=(cfg.embed_dim, 3, cfg.num_heads, cfg.head_dim),
+            axes=("embed", "qkv", "heads", "kv"),
+            equation="btd,dchk->btchk",
             name="qkv",
         )(x)  # [B, T, 3, H, hd]
         heads_axes = (BATCH, LENGTH, "activation_heads", "activation_kv")
@@ -53,12 +73,11 @@ class SelfAttention(nn.Module):
         else:
             out = attention.xla_attention(q, k, v, mask)
         out = nn.with_logical_constraint(out, heads_axes)
-        return nn.DenseGeneral(
-            features=cfg.embed_dim,
-            axis=(-2, -1),
-            use_bias=False,
-            dtype=cfg.compute_dtype,
-            kernel_init=normal_kernel(cfg, ("heads", "kv", "embed")),
+        return Projection(
+            cfg,
+            shape=(cfg.num_heads, cfg.head_dim, cfg.embed_dim),
+            axes=("heads", "kv", "embed"),
+            equation="bthk,hkd->btd",
             name="out",
         )(out)
 

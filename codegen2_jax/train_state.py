@@ -1,0 +1,84 @@
+"""TrainState and its sharded initialisation from abstract shapes (no host-side parameters)."""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import flax.linen as nn
+import flax.struct
+import jax
+import jax.numpy as jnp
+import optax
+
+from codegen2_jax.partitioning import Partitioner
+
+
+class TrainState(flax.struct.PyTreeNode):
+    """Everything a training step reads and writes.
+
+    Attributes:
+      step: batches consumed (skipped non-finite updates included, so data position and step
+        stay in lockstep).
+      params: model parameters (fp32).
+      opt_state: optax state.
+      skipped_updates: total updates not applied because the loss or gradient was non-finite.
+      consecutive_skips: non-finite updates in a row, reset by the next finite one.
+    """
+
+    step: jax.Array
+    params: Any
+    opt_state: Any
+    skipped_updates: jax.Array
+    consecutive_skips: jax.Array
+
+
+def _initial_state(model: nn.Module, optimizer, batch_shape: tuple[int, int], rng) -> TrainState:
+    params = model.init(rng, jnp.zeros(batch_shape, jnp.int32))[
+        "params"
+    ]  # boxed: carries logical axis names
+    zero = jnp.zeros((), jnp.int32)
+    return TrainState(
+        step=zero,
+        params=params,
+        opt_state=optimizer.init(params),  # optax maps over the boxes, so its state keeps them
+        skipped_updates=zero,
+        consecutive_skips=zero,
+    )
+
+
+def abstract_train_state(
+    model: nn.Module, optimizer: optax.GradientTransformation, batch_shape: tuple[int, int]
+):
+    """(abstract TrainState of ShapeDtypeStructs, logical PartitionSpecs), nothing allocated."""
+    init = functools.partial(_initial_state, model, optimizer, batch_shape)
+    boxed = jax.eval_shape(init, jax.random.key(0))
+    return nn.unbox(boxed), nn.get_partition_spec(boxed)
+
+
+def state_shardings(
+    model: nn.Module,
+    optimizer: optax.GradientTransformation,
+    batch_shape: tuple[int, int],
+    partitioner: Partitioner,
+):
+    """(abstract TrainState, NamedSharding for every leaf)."""
+    abstract, specs = abstract_train_state(model, optimizer, batch_shape)
+    return abstract, partitioner.tree_shardings(specs)
+
+
+def init_train_state(
+    model: nn.Module,
+    optimizer: optax.GradientTransformation,
+    batch_shape: tuple[int, int],
+    partitioner: Partitioner,
+    seed: int,
+) -> TrainState:
+    """Initialises every array directly in its sharded layout on the mesh."""
+    _, shardings = state_shardings(model, optimizer, batch_shape, partitioner)
+
+    def init(rng):
+        return nn.unbox(_initial_state(model, optimizer, batch_shape, rng))
+
+    with partitioner.activate():
+        return jax.jit(init, out_shardings=shardings)(jax.random.key(seed))

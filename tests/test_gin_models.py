@@ -1,0 +1,44 @@
+"""Every shipped gin model and mesh file parses and builds what it describes."""
+
+import pytest
+
+from codegen2_jax import gin_config, partitioning
+from codegen2_jax.model import TransformerConfig
+
+RELEASED = {  # CodeGen2 checkpoints: (layers, d_model, heads)
+    "models/1b.gin": (16, 2048, 16),
+    "models/3_7b.gin": (16, 4096, 16),
+    "models/7b.gin": (32, 4096, 16),
+    "models/16b.gin": (34, 6144, 24),
+}
+
+
+@pytest.mark.parametrize("path", gin_config.model_files())
+def test_model_file_builds_a_config(path):
+    gin_config.parse([path])
+    config = gin_config.configured(TransformerConfig)()
+    assert config.num_params() > 0
+    if path in RELEASED:
+        shape = (config.num_layers, config.embed_dim, config.num_heads)
+        assert shape == RELEASED[path]
+        assert (config.rotary_dim, config.max_len, config.vocab_size) == (64, 2048, 51200)
+
+
+def test_every_released_size_ships():
+    assert set(RELEASED) <= set(gin_config.model_files())
+    assert {"models/tiny.gin", "models/small.gin", "models/350m.gin"} <= set(
+        gin_config.model_files()
+    )
+
+
+def test_small_model_is_about_ten_million_parameters():
+    gin_config.parse(["models/small.gin"], ["VOCAB_SIZE = 8192"])
+    assert 8e6 < gin_config.configured(TransformerConfig)().num_params() < 12e6
+
+
+@pytest.mark.parametrize("path", gin_config.mesh_files())
+def test_mesh_file_builds_a_partitioner(path):
+    gin_config.parse([path])
+    partitioner = gin_config.configured(partitioning.make_partitioner)()
+    assert partitioner.mesh.axis_names == partitioning.MESH_AXES
+    assert partitioner.mesh.size == 8
