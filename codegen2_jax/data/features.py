@@ -78,7 +78,11 @@ class ObjectiveFeatureConverter(seqio.FeatureConverter):
     def _convert_features(
         self, ds: tf.data.Dataset, task_feature_lengths: Mapping[str, int]
     ) -> tf.data.Dataset:
+        # seqio's packing measures an example by its non-zero entries, so the 0/1 flags
+        # travel as 1/2 and padding (0) decodes back to 0.
+        ds = ds.map(_shift_flags(+1), num_parallel_calls=tf.data.AUTOTUNE)
         ds = self._pack_or_pad(ds, task_feature_lengths)
+        ds = ds.map(_shift_flags(-1), num_parallel_calls=tf.data.AUTOTUNE)
         return ds.map(self._convert_example, num_parallel_calls=tf.data.AUTOTUNE)
 
     def _convert_example(self, features: Mapping[str, tf.Tensor]) -> dict[str, tf.Tensor]:
@@ -103,3 +107,15 @@ class ObjectiveFeatureConverter(seqio.FeatureConverter):
         length = task_feature_lengths[TARGETS]
         names = list(self.MODEL_FEATURES) + (list(self.PACKING_FEATURE_DTYPES) if self.pack else [])
         return dict.fromkeys(names, length)
+
+
+def _shift_flags(offset: int):
+    """Adds `offset` to the flag features, keeping them >= 0."""
+
+    def shift(example):
+        example = dict(example)
+        for name in (LOSS_WEIGHTS, PREFIX_MASK):
+            example[name] = tf.maximum(example[name] + offset, 0)
+        return example
+
+    return shift
