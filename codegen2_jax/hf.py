@@ -214,7 +214,7 @@ def from_hf_tensors(
 ) -> dict:
     """The Decoder parameter tree (float32, config.scan_layers layout) of CodeGen tensors."""
     check_tensors(tensors, config)
-    tensors = {name: np.asarray(x, np.float32) for name, x in tensors.items()}
+    tensors = {name: np.asarray(tensors[name], np.float32) for name in expected_shapes(config)}
     layers = [
         _layer_from_hf(tensors, f"transformer.h.{i}.", config, mp_num)
         for i in range(config.num_layers)
@@ -247,10 +247,8 @@ def _layers(params: Mapping) -> Iterator[Mapping]:
 
 
 def _layer_to_hf(layer: Mapping, mp_num: int) -> dict[str, np.ndarray]:
-    qkv, out = (
-        layer["attn"]["qkv"]["kernel"],
-        layer["attn"]["out"]["kernel"],
-    )  # [d,3,H,hd], [H,hd,d]
+    qkv = layer["attn"]["qkv"]["kernel"]  # [d, 3, H, hd]
+    out = layer["attn"]["out"]["kernel"]  # [H, hd, d]
     q, k, v = (qkv[:, i].reshape(qkv.shape[0], -1).T for i in range(3))
     mlp = layer["mlp"]
     return {

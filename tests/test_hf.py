@@ -152,6 +152,13 @@ def test_import_reads_sharded_index(hf_model, tmp_path, tokens):
     assert max_diff(our_logits(params, config, tokens), hf_logits(hf_model, tokens)) <= TOLERANCE
 
 
+def test_import_reads_pytorch_bin(hf_model, tmp_path, tokens):
+    torch.save(hf_model.state_dict(), tmp_path / "pytorch_model.bin")
+    (tmp_path / "config.json").write_text(json.dumps(hf.hf_config_dict(TINY)))
+    params, config = hf.import_checkpoint(tmp_path, mp_num=4)
+    assert max_diff(our_logits(params, config, tokens), hf_logits(hf_model, tokens)) <= TOLERANCE
+
+
 def write_checkpoint(hf_dir, out, edit) -> None:
     tensors = hf.load_hf_tensors(hf_dir)
     edit(tensors)
@@ -169,6 +176,18 @@ def test_unexpected_tensor_is_named(hf_dir, tmp_path):
     write_checkpoint(hf_dir, tmp_path, lambda t: t.update({"extra.weight": np.zeros(3)}))
     with pytest.raises(ValueError, match=r"unexpected tensor extra\.weight"):
         hf.import_checkpoint(tmp_path, mp_num=4)
+
+
+def test_legacy_attention_buffers_are_ignored(hf_dir, tmp_path):
+    """Checkpoints from older transformers versions store attn.causal_mask / masked_bias."""
+
+    def add_buffers(tensors):
+        tensors["transformer.h.0.attn.causal_mask"] = np.tril(np.ones((1, 1, 64, 64), bool))
+        tensors["transformer.h.0.attn.masked_bias"] = np.array(-1e9, np.float32)
+
+    write_checkpoint(hf_dir, tmp_path, add_buffers)
+    params, _ = hf.import_checkpoint(tmp_path, mp_num=4)
+    jax.tree.map(np.testing.assert_array_equal, params, hf.import_checkpoint(hf_dir, mp_num=4)[0])
 
 
 def test_misshaped_tensor_names_both_shapes(hf_dir, tmp_path):
