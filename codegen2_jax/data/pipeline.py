@@ -1,0 +1,90 @@
+"""The input pipeline: a seqio task or mixture to numpy batches with a resumable position.
+
+Batches follow the decoder contract of ObjectiveFeatureConverter (features.py), int32
+[batch_size, length]. The stream is deterministic given the seed and the host shard: seqio
+seeds the shuffle, the preprocessors' random draws and the mixture sampling from `seed`, and
+tf.data runs deterministically. Its position is the tf.data iterator state, saved and
+restored with tf.train.Checkpoint, so a resumed run sees exactly the batches it would have
+seen. That state includes the shuffle buffer and the packer's pending examples, and it
+needs a source without Python-side state (no from_generator or py_function).
+"""
+
+from collections.abc import Iterator, Mapping
+
+import numpy as np
+import seqio
+import tensorflow as tf
+
+from codegen2_jax.data import features
+
+
+def make_dataset(
+    mixture_or_task_name: str,
+    *,
+    feature_lengths: Mapping[str, int],
+    batch_size: int,
+    seed: int,
+    shard_index: int = 0,
+    num_shards: int = 1,
+    split: str = "train",
+    shuffle: bool = True,
+    num_epochs: int | None = None,
+    pack: bool = True,
+) -> tf.data.Dataset:
+    """Batched decoder features for one host.
+
+    Args:
+      mixture_or_task_name: a registered seqio task or mixture whose examples carry the
+        objective features (features.output_features).
+      feature_lengths: {"targets": length}, the packed sequence length.
+      batch_size: examples per batch on this host; a short last batch is dropped.
+      seed: seeds shuffling, preprocessing and mixture sampling.
+      shard_index: this host's shard, in [0, num_shards).
+      num_shards: number of hosts reading disjoint shards.
+      split: the dataset split.
+      shuffle: whether seqio shuffles (files and examples).
+      num_epochs: passes over the data; None repeats forever (training).
+      pack: pack several examples per row (training) or pad one per row.
+    """
+    dataset = seqio.get_dataset(
+        mixture_or_task_name,
+        task_feature_lengths=features.task_feature_lengths(feature_lengths[features.TARGETS]),
+        feature_converter=features.ObjectiveFeatureConverter(pack=pack),
+        dataset_split=split,
+        shuffle=shuffle,
+        num_epochs=num_epochs,
+        shard_info=seqio.ShardInfo(index=shard_index, num_shards=num_shards),
+        seed=seed,
+        batch_size=batch_size,
+    )
+    options = tf.data.Options()
+    options.deterministic = True
+    return dataset.with_options(options).prefetch(tf.data.AUTOTUNE)
+
+
+class BatchIterator(Iterator[dict[str, np.ndarray]]):
+    """Numpy batches from a tf.data dataset, with save and restore of the position."""
+
+    def __init__(self, dataset: tf.data.Dataset):
+        self._iterator = iter(dataset)
+        self._checkpoint = tf.train.Checkpoint(iterator=self._iterator)
+
+    def __next__(self) -> dict[str, np.ndarray]:
+        return {name: value.numpy() for name, value in next(self._iterator).items()}
+
+    def save(self, path: str) -> str:
+        """Writes the position to files starting with `path`; returns the prefix written.
+
+        Each host saves its own shard's position, e.g. beside the model checkpoint under a
+        name that carries the shard index.
+        """
+        return self._checkpoint.write(path)
+
+    def restore(self, path: str) -> None:
+        """Moves to a position saved by `save` from an iterator over the same pipeline."""
+        self._checkpoint.read(path).assert_consumed()
+
+
+def make_iterator(mixture_or_task_name: str, **kwargs) -> BatchIterator:
+    """A BatchIterator over make_dataset(mixture_or_task_name, **kwargs)."""
+    return BatchIterator(make_dataset(mixture_or_task_name, **kwargs))
