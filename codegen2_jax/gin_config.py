@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import pathlib
 from collections.abc import Sequence
 
@@ -10,11 +11,27 @@ import gin
 GIN_DIR = pathlib.Path(__file__).resolve().parent.parent / "gin"
 
 
+class _GinPackageProbeFilter(logging.Filter):
+    """Drops gin's ERROR for every include that is not a Python-package resource.
+
+    gin tries each include as a package resource before its search path; the miss it logs is
+    expected here, since our files live on the search path.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.module == "resource_reader" and record.levelno == logging.ERROR)
+
+
+_PROBE_FILTER = _GinPackageProbeFilter()
+
+
 def parse(files: Sequence[str], bindings: Sequence[str] = ()) -> None:
     """Clears gin and parses files (relative to gin/ or absolute) plus binding strings."""
+    logging.getLogger().addFilter(_PROBE_FILTER)  # idempotent: a filter is added once
     gin.clear_config(clear_constants=True)
     gin.add_config_file_search_path(str(GIN_DIR))
-    gin.parse_config_files_and_bindings(list(files), list(bindings), finalize_config=False)
+    files = [str(GIN_DIR / f) if (GIN_DIR / f).is_file() else f for f in files]
+    gin.parse_config_files_and_bindings(files, list(bindings), finalize_config=False)
 
 
 def configured(fn):
@@ -30,3 +47,17 @@ def model_files() -> list[str]:
 def mesh_files() -> list[str]:
     """Every shipped mesh rule table, as paths relative to gin/."""
     return sorted(str(p.relative_to(GIN_DIR)) for p in (GIN_DIR / "mesh").glob("*.gin"))
+
+
+def split_gin_args(argv: Sequence[str]) -> tuple[list[str], list[str]]:
+    """Separates t5x-style `--gin.NAME=VALUE` arguments (as bindings) from the other flags."""
+    rest, bindings = [], []
+    for arg in argv:
+        if arg.startswith("--gin."):
+            name, sep, value = arg[len("--gin.") :].partition("=")
+            if not sep:
+                raise ValueError(f"gin binding {arg!r} needs the form --gin.NAME=VALUE")
+            bindings.append(f"{name} = {value}")
+        else:
+            rest.append(arg)
+    return rest, bindings

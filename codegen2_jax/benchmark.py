@@ -1,0 +1,154 @@
+"""Train-step benchmark: tokens/s, step time and MFU of the real sharded step on synthetic data.
+
+Synthetic batches keep it free of TensorFlow and seqio, so it runs on any JAX image:
+
+  python -m codegen2_jax.benchmark --gin_file=models/1b.gin --batch=8 --seq=2048 \
+      --gin.COMPUTE_DTYPE='"bfloat16"' --gin.ATTENTION_IMPL='"cudnn"'
+
+Prints one JSON line. MFU = tokens/s * (6 N + 12 L d T) / peak with N all parameters but the
+input embedding (ARCHITECTURE.md section 7); mfu_causal counts half the attention FLOPs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+
+import jax
+import numpy as np
+
+from codegen2_jax import gin_config, optim, partitioning, train_state, trainer
+from codegen2_jax.model import Decoder, TransformerConfig
+
+PEAK_FLOPS = {"gpu": 989e12}  # H100 / H200 bf16 dense
+
+DEFAULT_GIN_FILE = "models/small.gin"
+
+
+def make_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--gin_file",
+        action="append",
+        help="Gin files (relative to gin/). Default: models/small.gin.",
+    )
+    parser.add_argument(
+        "--mesh", default="mesh/data_parallel.gin", help="Mesh rule table (relative to gin/)."
+    )
+    parser.add_argument("--batch", type=int, default=8, help="Global batch size.")
+    parser.add_argument("--seq", type=int, default=512, help="Sequence length.")
+    parser.add_argument(
+        "--steps", type=int, default=5, help="Timed steps (after one compile + warm-up step)."
+    )
+    parser.add_argument(
+        "--microbatches", type=int, default=1, help="Gradient accumulation microbatches."
+    )
+    return parser
+
+
+def synthetic_batch(batch: int, seq: int, vocab: int, layout: str, seed: int = 0) -> dict:
+    """Random tokens; "packed" adds two segments per row, "prefix_lm" a half-row prefix too."""
+    rng = np.random.default_rng(seed)
+    tokens = rng.integers(0, vocab, size=(batch, seq), dtype=np.int32)
+    features = {
+        "decoder_input_tokens": tokens,
+        "decoder_target_tokens": np.roll(tokens, -1, axis=1),
+        "decoder_loss_weights": np.ones((batch, seq), np.float32),
+    }
+    if layout in ("packed", "prefix_lm"):
+        half = seq // 2
+        segment = np.repeat([1, 2], [half, seq - half])
+        position = np.concatenate([np.arange(half), np.arange(seq - half)])
+        features["decoder_segment_ids"] = np.tile(segment, (batch, 1)).astype(np.int32)
+        features["decoder_positions"] = np.tile(position, (batch, 1)).astype(np.int32)
+    if layout == "prefix_lm":
+        prefix = (features["decoder_positions"] < seq // 4).astype(np.int32)
+        features["decoder_causal_attention"] = prefix
+        features["decoder_loss_weights"] = (1 - prefix).astype(np.float32)
+    return features
+
+
+def benchmark_train_step(
+    config: TransformerConfig,
+    partitioner: partitioning.Partitioner,
+    *,
+    batch: int,
+    seq: int,
+    steps: int,
+    microbatches: int = 1,
+    layout: str = "causal",
+) -> dict:
+    """Compiles the train step, runs one warm-up step, then times `steps` steps."""
+    model = Decoder(config)
+    optimizer = optim.make_optimizer(warmup_steps=10, total_steps=10_000)
+    state = train_state.init_train_state(model, optimizer, (batch, seq), partitioner, seed=0)
+    _, shardings = train_state.state_shardings(model, optimizer, (batch, seq), partitioner)
+    step = jax.jit(
+        trainer.make_train_step(model, optimizer, num_microbatches=microbatches),
+        in_shardings=(shardings, partitioner.batch_sharding()),
+        out_shardings=(shardings, None),
+        donate_argnums=0,
+    )
+    with partitioner.activate():
+        features = synthetic_batch(batch, seq, config.vocab_size, layout)
+        features = jax.device_put(features, partitioner.batch_sharding())
+        state, metrics = step(state, features)
+        jax.block_until_ready(metrics)
+        start = time.perf_counter()
+        for _ in range(steps):
+            state, metrics = step(state, features)
+        jax.block_until_ready(metrics)
+        step_s = (time.perf_counter() - start) / steps
+    return report(config, batch, seq, step_s, float(metrics["loss"]), layout)
+
+
+def report(config: TransformerConfig, batch: int, seq: int, step_s: float, loss: float, layout):
+    tokens_per_s = batch * seq / step_s
+    flops = config.flops_per_token(seq)
+    causal_flops = flops - 6 * config.num_layers * config.embed_dim * seq
+    peak = PEAK_FLOPS.get(jax.default_backend(), float("nan"))
+    mfu = lambda f: None if np.isnan(peak) else tokens_per_s * f / peak
+    return {
+        "what": "codegen2_jax train step",
+        "layout": layout,
+        "params": config.num_params(),
+        "batch": batch,
+        "seq": seq,
+        "dtype": config.dtype,
+        "attention": config.attention_impl,
+        "remat": config.remat_policy,
+        "step_s": step_s,
+        "tokens_per_s": tokens_per_s,
+        "model_tflops": tokens_per_s * flops / 1e12,
+        "mfu_vs_989": mfu(flops),
+        "mfu_causal_vs_989": mfu(causal_flops),
+        "loss": loss,
+        "devices": jax.device_count(),
+        "device": str(jax.devices()[0].device_kind),
+        "jax": jax.__version__,
+    }
+
+
+def main(argv: list[str] | None = None):
+    """Console entry point: `--gin.NAME=VALUE` arguments become gin bindings."""
+    rest, bindings = gin_config.split_gin_args(sys.argv[1:] if argv is None else argv)
+    args = make_parser().parse_args(rest)
+    gin_config.parse([*(args.gin_file or [DEFAULT_GIN_FILE]), args.mesh], bindings)
+    config = gin_config.configured(TransformerConfig)()
+    partitioner = gin_config.configured(partitioning.make_partitioner)()
+    result = benchmark_train_step(
+        config,
+        partitioner,
+        batch=args.batch,
+        seq=args.seq,
+        steps=args.steps,
+        microbatches=args.microbatches,
+        layout=args.layout,
+    )
+    print(json.dumps(result), flush=True)
+
+
+if __name__ == "__main__":
+    main()
