@@ -29,18 +29,21 @@ setuptools.setup(
     python_requires=">=3.10",
     packages=setuptools.find_packages(include=["codegen2_jax", "codegen2_jax.*", "tasks"]),
     include_package_data=True,
+    package_data={"codegen2_jax.data": ["assets/*.model"]},
     install_requires=[
         "absl-py",
         "clu",
         "flax>=0.10",
         "gin-config",
         "jax>=0.6",
+        "matplotlib",  # loss-curve PNGs
         "numpy",
         "optax",
         "orbax-checkpoint",
         "safetensors",
         "sentencepiece",
         "seqio-nightly",
+        "tensorboard",  # clu's metric writers need it; TensorFlow no longer brings it
         "tfds-nightly",
         # t5 itself is installed with --no-deps (see Makefile): its mesh-tensorflow[transformer]
         # requirement pulls tensorflow-datasets, a second distribution of the tensorflow_datasets
