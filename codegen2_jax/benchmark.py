@@ -6,12 +6,13 @@ Synthetic batches keep it free of TensorFlow and seqio, so it runs on any JAX im
       --gin.COMPUTE_DTYPE='"bfloat16"' --gin.ATTENTION_IMPL='"cudnn"'
 
 Prints one JSON line. MFU = tokens/s * (6 N + 12 L d T) / peak with N all parameters but the
-input embedding (ARCHITECTURE.md section 7); mfu_causal counts half the attention FLOPs.
+input embedding (the MFU definition in README.md); mfu_causal counts half the attention FLOPs.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import sys
 import time
@@ -19,10 +20,8 @@ import time
 import jax
 import numpy as np
 
-from codegen2_jax import gin_config, optim, partitioning, train_state, trainer
+from codegen2_jax import gin_config, metrics, optim, partitioning, train_state, trainer
 from codegen2_jax.model import Decoder, TransformerConfig
-
-PEAK_FLOPS = {"gpu": 989e12}  # H100 / H200 bf16 dense
 
 DEFAULT_GIN_FILE = "models/small.gin"
 
@@ -106,10 +105,7 @@ def benchmark_train_step(
 
 def report(config: TransformerConfig, batch: int, seq: int, step_s: float, loss: float, layout):
     tokens_per_s = batch * seq / step_s
-    flops = config.flops_per_token(seq)
-    causal_flops = flops - 6 * config.num_layers * config.embed_dim * seq
-    peak = PEAK_FLOPS.get(jax.default_backend(), float("nan"))
-    mfu = lambda f: None if np.isnan(peak) else tokens_per_s * f / peak
+    mfu = functools.partial(metrics.model_flops_utilization, config, seq, tokens_per_s)
     return {
         "what": "codegen2_jax train step",
         "layout": layout,
@@ -121,9 +117,9 @@ def report(config: TransformerConfig, batch: int, seq: int, step_s: float, loss:
         "remat": config.remat_policy,
         "step_s": step_s,
         "tokens_per_s": tokens_per_s,
-        "model_tflops": tokens_per_s * flops / 1e12,
-        "mfu_vs_989": mfu(flops),
-        "mfu_causal_vs_989": mfu(causal_flops),
+        "model_tflops": tokens_per_s * config.flops_per_token(seq) / 1e12,
+        "mfu_vs_989": mfu(),
+        "mfu_causal_vs_989": mfu(causal=True),
         "loss": loss,
         "devices": jax.device_count(),
         "device": str(jax.devices()[0].device_kind),
