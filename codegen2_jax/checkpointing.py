@@ -1,0 +1,266 @@
+"""Training checkpoints: orbax CheckpointManager steps holding state, data position and gin config.
+
+Each step directory holds two orbax items:
+
+  state      the TrainState (StandardSave; saved asynchronously: arrays are copied off the
+             devices before save() returns and written by a background thread).
+  manifest   JSON: the data pipeline's position (an opaque blob, base64), the operative gin
+             config, and a fingerprint of every array (checksums.py), sealed by a digest of
+             the manifest itself.
+
+restore_latest walks the steps newest first and returns the first one that is committed,
+readable and matches its fingerprints. A step that is not is moved to <directory>/set_aside/
+with a logged error, never deleted, and the previous one is tried. A restore target whose
+parameter set, shapes or dtypes differ from the checkpoint is the caller's error and raises.
+
+Retention is orbax's LatestN. Orbax removes old steps in the save's finalisation, after the
+new step's commit succeeded; a failed commit raises there first, so a failed save never costs
+an older checkpoint.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime
+import hashlib
+import json
+from typing import Any, NamedTuple
+
+import jax
+import orbax.checkpoint as ocp
+from absl import logging
+from etils import epath
+
+from codegen2_jax import checksums
+
+STATE, MANIFEST = "state", "manifest"
+SET_ASIDE_DIR = "set_aside"
+FORMAT_VERSION = 1
+
+
+class CheckpointError(Exception):
+    """Base class of the errors this module raises."""
+
+
+class CheckpointMismatchError(CheckpointError):
+    """The restore target's parameter set, shapes or dtypes differ from the checkpoint's."""
+
+
+class CheckpointSaveError(CheckpointError):
+    """An asynchronous save failed; the step was not committed."""
+
+
+class NonFiniteStateError(CheckpointError, ValueError):
+    """The state to save holds NaN or infinite values."""
+
+
+class _UnusableStep(Exception):
+    """A step directory that is half-written, unreadable or fails verification."""
+
+
+class RestoredCheckpoint(NamedTuple):
+    """What restore_latest returns."""
+
+    state: Any
+    data_position: bytes
+    gin_config: str
+    step: int
+
+
+def _digest(manifest: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(manifest, sort_keys=True).encode()).hexdigest()
+
+
+def _unseal(manifest: dict[str, Any]) -> dict[str, Any]:
+    """The manifest without its seal; raises _UnusableStep when the seal does not match."""
+    body = {key: value for key, value in manifest.items() if key != "sha256"}
+    if manifest.get("sha256") != _digest(body):
+        raise _UnusableStep("manifest digest mismatch")
+    if body.get("format_version") != FORMAT_VERSION:
+        raise _UnusableStep(f"manifest format {body.get('format_version')}, want {FORMAT_VERSION}")
+    return body
+
+
+def _utc_stamp() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
+
+
+class Checkpointer:
+    """Saves and restores training checkpoints in one directory (every process calls alike).
+
+    Args:
+      directory: local path or gs:// URL; created if missing.
+      max_to_keep: committed steps to keep; older ones are removed after a newer one commits.
+      async_save: write arrays in a background thread (orbax's async checkpointing).
+    """
+
+    def __init__(self, directory: epath.PathLike, *, max_to_keep: int = 3, async_save: bool = True):
+        self.directory = epath.Path(directory)
+        options = ocp.CheckpointManagerOptions(
+            preservation_policy=ocp.checkpoint_managers.LatestN(n=max_to_keep),
+            enable_async_checkpointing=async_save,
+            # Half-written steps are set aside loudly by restore_latest, not deleted silently.
+            cleanup_tmp_directories=False,
+        )
+        self._manager = ocp.CheckpointManager(
+            self.directory, item_names=(STATE, MANIFEST), options=options
+        )
+        self._pending_step: int | None = None
+
+    def all_steps(self) -> list[int]:
+        """Committed steps, oldest first."""
+        return sorted(self._manager.all_steps())
+
+    def save(self, step: int, state, data_position: bytes, gin_config: str) -> bool:
+        """Starts saving `state` as `step`; array writes finish in the background.
+
+        Args:
+          step: the step number (the directory name).
+          state: TrainState (or any pytree of jax.Arrays) to save.
+          data_position: the data pipeline's position, stored and returned unchanged.
+          gin_config: the operative gin config text.
+
+        Returns:
+          False when `step` is already committed (nothing written), else True.
+
+        Raises:
+          NonFiniteStateError: a floating-point leaf holds NaN or inf (named in the message).
+          CheckpointSaveError: the previous asynchronous save failed.
+        """
+        if bad := checksums.non_finite_leaves(state):
+            raise NonFiniteStateError(f"refusing to checkpoint step {step}: non-finite {bad}")
+        self.wait_until_finished()
+        if step in self._manager.all_steps():
+            logging.info(
+                "checkpoint step %d already exists in %s; not saving", step, self.directory
+            )
+            return False
+        manifest = self._manifest(step, state, data_position, gin_config)
+        self._manager.save(
+            step,
+            args=ocp.args.Composite(
+                **{STATE: ocp.args.StandardSave(state), MANIFEST: ocp.args.JsonSave(manifest)}
+            ),
+        )
+        self._pending_step = step
+        return True
+
+    def _manifest(self, step: int, state, data_position: bytes, gin_config: str) -> dict:
+        body = {
+            "format_version": FORMAT_VERSION,
+            "step": step,
+            "data_position": base64.b64encode(data_position).decode("ascii"),
+            "gin_config": gin_config,
+            "arrays": checksums.fingerprint(state),
+        }
+        return {**body, "sha256": _digest(body)}
+
+    def wait_until_finished(self) -> None:
+        """Blocks until the pending save has committed.
+
+        Raises:
+          CheckpointSaveError: it failed (raised once; older checkpoints are untouched).
+        """
+        step, self._pending_step = self._pending_step, None
+        try:
+            self._manager.wait_until_finished()
+        except Exception as e:
+            raise CheckpointSaveError(
+                f"saving checkpoint step {step} in {self.directory} failed; it was not committed"
+            ) from e
+
+    def close(self) -> None:
+        """Waits for the pending save (raising if it failed) and releases orbax's resources."""
+        try:
+            self.wait_until_finished()
+        finally:
+            self._manager.close()
+
+    def __enter__(self) -> Checkpointer:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+    def restore_latest(self, abstract_state, shardings) -> RestoredCheckpoint | None:
+        """Restores the newest valid step, setting aside newer ones that are not.
+
+        Args:
+          abstract_state: pytree of ShapeDtypeStructs (train_state.state_shardings()[0]).
+          shardings: matching pytree of shardings to place the restored arrays with.
+
+        Returns:
+          (state, data_position, gin_config, step), or None when no valid step exists.
+
+        Raises:
+          CheckpointMismatchError: the newest valid-looking step's parameter set, shapes or
+            dtypes differ from abstract_state; every difference is named.
+        """
+        self.wait_until_finished()
+        self._set_aside_uncommitted()
+        target = jax.tree.map(
+            lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+            abstract_state,
+            shardings,
+        )
+        for step in reversed(self.all_steps()):
+            try:
+                return self._restore_step(step, target)
+            except _UnusableStep as e:
+                self._set_aside(self.directory / str(step), str(e))
+        return None
+
+    def _restore_step(self, step: int, target) -> RestoredCheckpoint:
+        if not (self.directory / str(step) / ocp.path.atomicity_types.COMMIT_SUCCESS_FILE).exists():
+            raise _UnusableStep("half-written: no commit marker")
+        manifest = _unseal(self._read(step, **{MANIFEST: ocp.args.JsonRestore()}))
+        if problems := checksums.layout_mismatches(manifest["arrays"], target):
+            raise CheckpointMismatchError(
+                f"checkpoint step {step} in {self.directory} does not fit the restore target:\n  "
+                + "\n  ".join(problems)
+            )
+        state = self._read(step, **{STATE: ocp.args.StandardRestore(target)})
+        _verify(manifest["arrays"], state)
+        logging.info("restored checkpoint step %d from %s", step, self.directory)
+        return RestoredCheckpoint(
+            state, base64.b64decode(manifest["data_position"]), manifest["gin_config"], step
+        )
+
+    def _read(self, step: int, **item_args):
+        """One item of a step; any failure to read it makes the step unusable."""
+        (name,) = item_args
+        try:
+            return self._manager.restore(step, args=ocp.args.Composite(**item_args))[name]
+        except Exception as e:  # orbax and TensorStore raise many types for damaged files
+            raise _UnusableStep(f"unreadable {name}: {type(e).__name__}: {e}") from e
+
+    def _set_aside_uncommitted(self) -> None:
+        """Moves aside temporary directories that a crashed or failed save left behind."""
+        leftovers = [
+            path
+            for path in self.directory.iterdir()
+            if path.name != SET_ASIDE_DIR
+            and path.is_dir()
+            and ocp.path.step.is_path_temporary(path)
+        ]
+        # Every process must have listed before the first one renames anything.
+        ocp.multihost.sync_global_processes("codegen2_jax.checkpointing:listed")
+        for path in leftovers:
+            self._set_aside(path, "half-written: the save never committed")
+
+    def _set_aside(self, path: epath.Path, reason: str) -> None:
+        destination = self.directory / SET_ASIDE_DIR / f"{path.name}.{_utc_stamp()}"
+        logging.error("checkpoint %s is unusable (%s); moved to %s", path, reason, destination)
+        if jax.process_index() == 0:  # one process moves it; the barrier holds the others
+            destination.parent.mkdir(parents=True, exist_ok=True)
+            path.rename(destination)
+        ocp.multihost.sync_global_processes(f"codegen2_jax.checkpointing:set_aside:{path.name}")
+        self._manager.reload()
+
+
+def _verify(saved: dict[str, checksums.Fingerprint], state) -> None:
+    """Raises _UnusableStep naming every array whose shape, dtype or bytes differ from saved."""
+    restored = checksums.fingerprint(state)
+    bad = sorted(name for name in saved if restored.get(name) != saved[name])
+    if bad:
+        raise _UnusableStep(f"checksum mismatch in {len(bad)} arrays: {', '.join(bad)}")

@@ -1,0 +1,236 @@
+"""Checkpointer: bit-identical round trips, retention, damaged-step recovery, refusals.
+
+The damage cases edit orbax's on-disk layout directly (a step directory with state/ and
+manifest/ items, array bytes in the largest file under state/), as a failing disk or a killed
+process would.
+"""
+
+import logging
+import os
+import pathlib
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import orbax.checkpoint as ocp
+import pytest
+
+from codegen2_jax import checkpointing, partitioning, train_state
+from codegen2_jax.model import Decoder, TransformerConfig
+
+CONFIG = TransformerConfig(
+    vocab_size=64, num_layers=1, embed_dim=32, num_heads=4, rotary_dim=4, dtype="float32"
+)
+BATCH_SHAPE = (8, 16)
+DATA_POSITION = bytes(range(256)) * 3
+GIN_CONFIG = "# operative config\ntrain.num_steps = 10\nNAME = 'κ→∞'\n"
+
+
+@pytest.fixture(scope="module")
+def setup():
+    """(abstract state, shardings, two different states with the same layout)."""
+    model, optimizer = Decoder(CONFIG), optax.adamw(1e-3)
+    partitioner = partitioning.make_partitioner(
+        rules=[("activation_batch", ("data", "fsdp")), ("embed", "fsdp")], data=1, fsdp=-1
+    )
+    abstract, shardings = train_state.state_shardings(model, optimizer, BATCH_SHAPE, partitioner)
+    first = train_state.init_train_state(model, optimizer, BATCH_SHAPE, partitioner, seed=0)
+    second = jax.tree.map(lambda x: x + 1, first)  # elementwise: keeps every leaf's sharding
+    return abstract, shardings, first, second
+
+
+def assert_bit_identical(actual, expected):
+    assert jax.tree.structure(actual) == jax.tree.structure(expected)
+    for a, e in zip(jax.tree.leaves(actual), jax.tree.leaves(expected), strict=True):
+        assert (a.shape, a.dtype) == (e.shape, e.dtype)
+        assert np.asarray(a).tobytes() == np.asarray(e).tobytes()
+
+
+def save_steps(directory, states_by_step, **kwargs):
+    with checkpointing.Checkpointer(directory, **kwargs) as ckpt:
+        for step, state in states_by_step.items():
+            assert ckpt.save(step, state, DATA_POSITION + bytes([step]), GIN_CONFIG)
+
+
+def restore(directory, setup):
+    abstract, shardings, _, _ = setup
+    with checkpointing.Checkpointer(directory) as ckpt:
+        return ckpt.restore_latest(abstract, shardings)
+
+
+def set_aside_names(directory):
+    set_aside = pathlib.Path(directory, checkpointing.SET_ASIDE_DIR)
+    return sorted(p.name for p in set_aside.iterdir()) if set_aside.exists() else []
+
+
+def test_round_trip_is_bit_identical(tmp_path, setup):
+    abstract, shardings, _, second = setup
+    save_steps(tmp_path, {7: second})
+    restored = restore(tmp_path, setup)
+    assert restored.step == 7
+    assert restored.data_position == DATA_POSITION + bytes([7])
+    assert restored.gin_config == GIN_CONFIG
+    assert_bit_identical(restored.state, second)
+    for leaf, sharding in zip(
+        jax.tree.leaves(restored.state), jax.tree.leaves(shardings), strict=True
+    ):
+        assert leaf.sharding == sharding
+
+
+def test_no_checkpoint_restores_none(tmp_path, setup):
+    assert restore(tmp_path, setup) is None
+
+
+def test_saving_an_existing_step_is_a_no_op(tmp_path, setup):
+    _, _, first, second = setup
+    save_steps(tmp_path, {3: first})
+    with checkpointing.Checkpointer(tmp_path) as ckpt:
+        assert not ckpt.save(3, second, b"other", "other")
+    assert_bit_identical(restore(tmp_path, setup).state, first)
+
+
+def test_keeps_the_newest_n(tmp_path, setup):
+    _, _, first, second = setup
+    save_steps(tmp_path, {1: first, 2: second, 3: first, 4: second}, max_to_keep=2)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["3", "4"]
+    assert restore(tmp_path, setup).step == 4
+
+
+def failing_finalize(*args, **kwargs):
+    raise OSError("simulated: disk full while committing")
+
+
+async def async_failing_finalize(*args, **kwargs):
+    failing_finalize()
+
+
+def test_failed_async_save_raises_and_deletes_nothing(tmp_path, setup, monkeypatch):
+    _, _, first, second = setup
+    with checkpointing.Checkpointer(tmp_path, max_to_keep=2) as ckpt:
+        ckpt.save(1, first, b"1", GIN_CONFIG)
+        ckpt.save(2, second, b"2", GIN_CONFIG)
+        ckpt.wait_until_finished()
+        # A commit that fails in the background thread, after the save call returned.
+        monkeypatch.setattr(
+            ocp.path.atomicity.AtomicRenameTemporaryPath, "finalize", async_failing_finalize
+        )
+        ckpt.save(3, first, b"3", GIN_CONFIG)
+        with pytest.raises(checkpointing.CheckpointSaveError, match="step 3"):
+            ckpt.wait_until_finished()
+    monkeypatch.undo()
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.isdigit()) == ["1", "2"]
+    restored = restore(tmp_path, setup)
+    assert (restored.step, restored.data_position) == (2, b"2")
+    assert [name.split(".")[0] for name in set_aside_names(tmp_path)] == ["3"]
+
+
+def largest_file(directory):
+    files = [p for p in pathlib.Path(directory).rglob("*") if p.is_file()]
+    return max(files, key=lambda p: p.stat().st_size)
+
+
+def flip_64_bytes(step_dir):
+    path = largest_file(step_dir / "state")
+    data = bytearray(path.read_bytes())
+    middle = len(data) // 2
+    data[middle : middle + 64] = bytes(b ^ 0xFF for b in data[middle : middle + 64])
+    path.write_bytes(bytes(data))
+
+
+def truncate(step_dir):
+    path = largest_file(step_dir / "state")
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+def edit_manifest(step_dir):
+    path = largest_file(step_dir / "manifest")
+    path.write_text(path.read_text().replace("train.num_steps = 10", "train.num_steps = 99"))
+
+
+def remove_commit_marker(step_dir):
+    (step_dir / ocp.path.atomicity_types.COMMIT_SUCCESS_FILE).unlink()
+
+
+def leave_temporary_dir(step_dir):
+    step_dir.rename(step_dir.with_name(step_dir.name + ocp.path.atomicity_types.TMP_DIR_SUFFIX))
+
+
+@pytest.mark.parametrize(
+    "damage, reason",
+    [
+        (flip_64_bytes, "checksum mismatch"),
+        (truncate, "unreadable state"),
+        (edit_manifest, "manifest digest mismatch"),
+        (remove_commit_marker, "no commit marker"),
+        (leave_temporary_dir, "never committed"),
+    ],
+)
+def test_damaged_newest_step_is_set_aside(tmp_path, setup, caplog, damage, reason):
+    _, _, first, second = setup
+    save_steps(tmp_path, {1: first, 2: second})
+    damage(tmp_path / "2")
+    with caplog.at_level(logging.ERROR):
+        restored = restore(tmp_path, setup)
+    assert restored.step == 1
+    assert_bit_identical(restored.state, first)
+    assert restored.data_position == DATA_POSITION + bytes([1])
+    assert any(reason in r.getMessage() and r.levelno == logging.ERROR for r in caplog.records)
+    assert [name.split(".")[0] for name in set_aside_names(tmp_path)] == ["2"]
+    assert sorted(os.listdir(tmp_path)) == ["1", checkpointing.SET_ASIDE_DIR]
+
+
+def with_leaf(abstract, name, make):
+    def replace(path, leaf):
+        matches = jax.tree_util.keystr(path, simple=True, separator="/") == name
+        return make(leaf) if matches else leaf
+
+    return jax.tree_util.tree_map_with_path(replace, abstract)
+
+
+def test_restoring_into_a_different_layout_names_the_parameter(tmp_path, setup):
+    abstract, shardings, first, _ = setup
+    save_steps(tmp_path, {1: first})
+    name = "params/embed/embedding"
+    wider = with_leaf(abstract, name, lambda x: jax.ShapeDtypeStruct((64, 48), x.dtype))
+    bf16 = with_leaf(abstract, name, lambda x: jax.ShapeDtypeStruct(x.shape, jnp.bfloat16))
+    expected = [
+        (
+            wider,
+            r"params/embed/embedding: checkpoint has shape \(64, 32\) dtype float32, "
+            r"target has shape \(64, 48\) dtype float32",
+        ),
+        (bf16, r"params/embed/embedding: .* target has shape \(64, 32\) dtype bfloat16"),
+    ]
+    with checkpointing.Checkpointer(tmp_path) as ckpt:
+        for target, message in expected:
+            with pytest.raises(checkpointing.CheckpointMismatchError, match=message):
+                ckpt.restore_latest(target, shardings)
+    assert set_aside_names(tmp_path) == []
+
+
+def test_restoring_a_different_parameter_set_names_the_parameters(tmp_path, setup):
+    abstract, shardings, first, _ = setup
+    save_steps(tmp_path, {1: first})
+    params = dict(abstract.params, extra={"kernel": jax.ShapeDtypeStruct((2,), jnp.float32)})
+    del params["lm_head"]
+    shard_params = dict(shardings.params, extra={"kernel": shardings.step})
+    del shard_params["lm_head"]
+    target = abstract.replace(params=params)
+    with (
+        checkpointing.Checkpointer(tmp_path) as ckpt,
+        pytest.raises(checkpointing.CheckpointMismatchError) as error,
+    ):
+        ckpt.restore_latest(target, shardings.replace(params=shard_params))
+    assert "params/extra/kernel: in the target but not in the checkpoint" in str(error.value)
+    assert "params/lm_head/kernel: in the checkpoint but not in the target" in str(error.value)
+
+
+def test_non_finite_state_is_refused(tmp_path, setup):
+    _, _, first, _ = setup
+    name = "params/layers/mlp/fc_in/bias"
+    poisoned = with_leaf(first, name, lambda x: x.at[0, 3].set(jnp.nan))
+    with checkpointing.Checkpointer(tmp_path) as ckpt:
+        with pytest.raises(checkpointing.NonFiniteStateError, match=name):
+            ckpt.save(1, poisoned, DATA_POSITION, GIN_CONFIG)
+        assert ckpt.all_steps() == []
