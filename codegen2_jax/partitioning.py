@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import flax.linen as nn
 import jax
@@ -68,6 +68,11 @@ class Partitioner:
     def batch_sharding(self) -> NamedSharding:
         """Sharding of [batch, length] feature arrays."""
         return self.sharding(BATCH_AXES)
+
+    def global_batch(self, local: Mapping[str, np.ndarray]) -> dict[str, jax.Array]:
+        """Assembles this process's rows of each feature into global batch-sharded arrays."""
+        sharding = self.batch_sharding()
+        return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in local.items()}
 
     @property
     def data_parallel_size(self) -> int:

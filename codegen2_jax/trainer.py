@@ -103,6 +103,8 @@ def make_train_step(
             "grad_norm": grad_norm,
             "tokens": weight,
             "finite": finite,
+            "skipped_updates": new_state.skipped_updates,
+            "consecutive_skips": new_state.consecutive_skips,
         }
         return new_state, metrics
 

@@ -1,7 +1,8 @@
 """On 8 fake CPU devices, sharded forward passes and train steps equal unsharded ones.
 
-Tolerance: fp32, atol 1e-5 / rtol 1e-5 on logits, loss and parameters after one step. Sharding changes the order of reductions (all-reduces
-of partial sums), so results agree to float rounding, not bit for bit.
+Tolerance: fp32, atol 1e-5 / rtol 1e-5 on logits, loss and parameters after one step.
+Sharding changes the order of reductions (all-reduces of partial sums), so results agree to
+float rounding, not bit for bit.
 """
 
 import flax.linen as nn
