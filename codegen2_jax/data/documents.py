@@ -12,6 +12,8 @@ through these rules, so a bad file is handled the same way wherever it comes fro
 - Bytes that are not valid UTF-8 become U+FFFD: ``replaced_invalid_utf8`` (documents touched).
 - NUL characters left in text are deleted, because downstream C-string consumers and editors
   treat them as terminators: ``stripped_nul`` (documents touched).
+- A record that is not what its format promises (a jsonl line that is not a JSON object with
+  a string text field) is skipped: ``skipped_malformed``.
 - Every document kept is counted in ``documents``; nothing here raises on bad content.
 """
 
@@ -31,6 +33,7 @@ COUNTER_NAMES = (
     "truncated",
     "replaced_invalid_utf8",
     "stripped_nul",
+    "skipped_malformed",
 )
 
 

@@ -1,0 +1,214 @@
+"""Document sources over files: plain text files, jsonl (.gz, .zst) and parquet, for seqio.
+
+``DocumentSource`` is a seqio.FileDataSource whose examples are ``{"text", "path", "license"}``
+(tf.string), the fields of the embedded corpus, so every corpus feeds the same tasks. Files
+are listed with tf.io.gfile (local paths, gs://, any registered filesystem), sharded per host
+and shuffled by seqio; each file is read by a Python generator under the bad-input rules of
+``codegen2_jax.data.documents`` (counters in ``DocumentSource.stats``, logged as files finish).
+
+Formats:
+
+- ``"text"``: one file is one document (a directory or glob of source files); ``path`` is the
+  file name. Reading stops after ``max_bytes``.
+- ``"jsonl"``: one JSON object per line, the text in ``text_field``; ``.gz`` is read with gzip,
+  ``.zst`` with the ``zstandard`` package, which is not a dependency of this project: install
+  it to read The Pile as distributed, or recompress to ``.jsonl.gz``. A line that is not a JSON
+  object with a string text field is counted as ``skipped_malformed``.
+- ``"parquet"``: the ``text_field`` column and metadata columns, read with ``pyarrow`` (not a
+  dependency of this project either) through its own filesystems: local paths, gs://, s3://.
+
+jsonl and parquet records are parsed whole and then truncated to ``max_bytes``.
+
+A corpus published with a single split gets a validation split from ``validation_percent``:
+"train" and "validation" then read the same files and keep the records whose ``path`` hashes
+(tf.strings.to_hash_bucket_fast) below or above the percentage.
+"""
+
+import gzip
+import io
+import json
+import os
+from collections.abc import Callable, Iterator, Mapping, Sequence
+
+import seqio
+import tensorflow as tf
+from absl import logging
+
+from codegen2_jax.data import documents
+
+FORMATS = ("text", "jsonl", "parquet")
+OUTPUT_SIGNATURE = {
+    name: tf.TensorSpec(shape=(), dtype=tf.string) for name in ("text", "path", "license")
+}
+
+Pattern = str | Sequence[str] | Callable[[], str | Sequence[str]]
+
+
+def _open_jsonl(path: str, f) -> io.BufferedIOBase:
+    if path.endswith(".gz"):
+        return gzip.GzipFile(fileobj=f)
+    if path.endswith(".zst"):
+        try:
+            import zstandard
+        except ImportError as e:
+            raise ImportError(
+                f"{path}: reading .zst needs `pip install zstandard` (or recompress to .jsonl.gz)"
+            ) from e
+        return io.BufferedReader(zstandard.ZstdDecompressor().stream_reader(f))
+    return f
+
+
+def _field(record: Mapping, dotted: str):
+    # Dotted names reach nested metadata, e.g. The Pile's "meta.pile_set_name".
+    for name in dotted.split("."):
+        if not isinstance(record, Mapping):
+            return None
+        record = record.get(name)
+    return record
+
+
+def _as_text(value) -> str:
+    if isinstance(value, list | tuple):  # The Stack stores licenses as a list.
+        return ",".join(map(str, value))
+    return "" if value is None else str(value)
+
+
+def _expand(pattern: Pattern) -> list[str]:
+    pattern = pattern() if callable(pattern) else pattern
+    patterns = [pattern] if isinstance(pattern, str) else list(pattern)
+    files = (f for p in patterns for f in tf.io.gfile.glob(p))
+    return sorted(f for f in files if not tf.io.gfile.isdir(f))
+
+
+class DocumentSource(seqio.FileDataSource):
+    """A seqio source of documents read from files.
+
+    Args:
+      split_to_filepattern: split name → glob(s), or a callable returning them, called when
+        the dataset is built (so a gin-configured root can be bound after registration).
+      file_format: one of FORMATS.
+      text_field: jsonl key or parquet column of the document text.
+      path_fields: fields joined with "/" into ``path``; none: the file name (text format)
+        or "file:record number".
+      license_field: field holding the license; missing: ``default_license``.
+      default_license: license of records without a license field.
+      max_bytes: per-document truncation limit, in UTF-8 bytes.
+      validation_percent: if set, split_to_filepattern must hold only "train"; a
+        "validation" split is carved out of it by path hash.
+    """
+
+    def __init__(
+        self,
+        *,
+        split_to_filepattern: Mapping[str, Pattern],
+        file_format: str,
+        text_field: str = "content",
+        path_fields: Sequence[str] = (),
+        license_field: str | None = None,
+        default_license: str = "UNKNOWN",
+        max_bytes: int = documents.DEFAULT_MAX_BYTES,
+        validation_percent: int | None = None,
+    ):
+        if file_format not in FORMATS:
+            raise ValueError(f"file_format {file_format!r} not in {FORMATS}")
+        if validation_percent is not None:
+            if set(split_to_filepattern) != {"train"}:
+                raise ValueError("validation_percent carves validation out of 'train' only")
+            split_to_filepattern = {"train": split_to_filepattern["train"]}
+            split_to_filepattern["validation"] = split_to_filepattern["train"]
+        self._format = file_format
+        self._text_field = text_field
+        self._path_fields = tuple(path_fields)
+        self._license_field = license_field
+        self._default_license = default_license
+        self._max_bytes = max_bytes
+        self._validation_percent = validation_percent
+        self.stats = documents.DocumentStats()
+        super().__init__(read_file_fn=self._read_file, split_to_filepattern=split_to_filepattern)
+
+    def list_shards(self, split: str) -> Sequence[str]:
+        """Files of a split, sorted; globs (and lazy roots) are expanded on every call."""
+        return _expand(self._split_to_filepattern[split])
+
+    def get_dataset(self, split: str = "train", *args, **kwargs) -> tf.data.Dataset:
+        """The split's documents; see seqio.FileDataSource.get_dataset for the arguments."""
+        dataset = super().get_dataset(split, *args, **kwargs)
+        if self._validation_percent is None:
+            return dataset
+        want_validation = split == "validation"
+
+        def keep(example):
+            bucket = tf.strings.to_hash_bucket_fast(example["path"], 100)
+            return tf.equal(bucket < self._validation_percent, want_validation)
+
+        return dataset.filter(keep)
+
+    def _read_file(self, path: tf.Tensor) -> tf.data.Dataset:
+        return tf.data.Dataset.from_generator(
+            self.documents, args=(path,), output_signature=OUTPUT_SIGNATURE
+        )
+
+    def documents(self, path: bytes | str) -> Iterator[dict[str, str]]:
+        """The documents of one file (the generator behind the tf.data pipeline)."""
+        path = path.decode("utf-8") if isinstance(path, bytes) else path
+        records = {"text": self._text_file, "jsonl": self._jsonl, "parquet": self._parquet}
+        yield from records[self._format](path)
+        logging.log_every_n_seconds(logging.INFO, "%s: %s", 60, path, self.stats.as_dict())
+
+    def _document(self, record: Mapping, fallback_path: str) -> dict[str, str] | None:
+        value = _field(record, self._text_field)
+        if not isinstance(value, str):
+            self.stats.add("skipped_malformed")
+            return None
+        text = documents.text_from_str(value, max_bytes=self._max_bytes, stats=self.stats)
+        if text is None:
+            return None
+        path = "/".join(_as_text(_field(record, f)) for f in self._path_fields)
+        license_name = _field(record, self._license_field) if self._license_field else None
+        return {
+            "text": text,
+            "path": path or fallback_path,
+            "license": _as_text(license_name) or self._default_license,
+        }
+
+    def _text_file(self, path: str) -> Iterator[dict[str, str]]:
+        with tf.io.gfile.GFile(path, "rb") as f:
+            raw = documents.read_head(f, self._max_bytes)
+        text = documents.text_from_bytes(raw, max_bytes=self._max_bytes, stats=self.stats)
+        if text is not None:
+            yield {"text": text, "path": path, "license": self._default_license}
+
+    def _jsonl(self, path: str) -> Iterator[dict[str, str]]:
+        with tf.io.gfile.GFile(path, "rb") as f:
+            for number, line in enumerate(_open_jsonl(path, f)):
+                try:
+                    record = json.loads(line)
+                except ValueError:  # Also UnicodeDecodeError: not UTF-8 JSON.
+                    record = None
+                if not isinstance(record, dict):
+                    self.stats.add("skipped_malformed")
+                    continue
+                document = self._document(record, f"{path}:{number}")
+                if document is not None:
+                    yield document
+
+    def _parquet(self, path: str) -> Iterator[dict[str, str]]:
+        # Only parquet corpora need pyarrow; its own filesystems (local, gs://, s3://) give
+        # the random access parquet needs, which a GFile does not offer it.
+        import pyarrow.fs
+        import pyarrow.parquet as pq
+
+        uri = path if "://" in path else os.path.abspath(path)
+        filesystem, inner_path = pyarrow.fs.FileSystem.from_uri(uri)
+        fields = {self._text_field, *self._path_fields}
+        fields.update([self._license_field] if self._license_field else [])
+        with filesystem.open_input_file(inner_path) as f:
+            parquet = pq.ParquetFile(f)
+            columns = [c for c in parquet.schema_arrow.names if c in fields]
+            number = 0
+            for batch in parquet.iter_batches(batch_size=256, columns=columns):
+                for record in batch.to_pylist():
+                    document = self._document(record, f"{path}:{number}")
+                    number += 1
+                    if document is not None:
+                        yield document
