@@ -11,13 +11,15 @@ yield a ``text`` field; ``--files`` is a tf.io.gfile glob read with the rules of
 The model is built so that ``decode(encode(s)) == s`` for every string ``s``: identity
 normalization (no NFKC), no dummy prefix, no whitespace folding, byte fallback for every
 character outside the learned pieces (emoji, CJK, control characters, NUL included), pieces for
-newline, tab and runs of 2–16 spaces, and digits split one per piece. The rules for what does
+newline, tab and runs of 2–16 spaces, and digits split one per piece. The smallest
+vocabulary is about 320 pieces (256 byte pieces, specials, whitespace, the corpus' characters). The rules for what does
 not round-trip:
 
 - U+2581 (▁) is sentencepiece's own whitespace symbol: it decodes as a space (U+0020).
 - Text that spells a special piece (``<|endoftext|>``, ``<sep>``, ``<mask_1>``…) encodes as
   ordinary characters, never as the special id, and so does round-trip as text.
-- A Python ``str`` must be encodable as UTF-8: lone surrogates (U+D800–U+DFFF) are rejected.
+- A Python ``str`` must be encodable as UTF-8: one with a lone surrogate (U+D800–U+DFFF) is
+  rejected (sentencepiece raises RuntimeError).
 
 Special pieces (see ``codegen2_jax.data.vocab``): ``<pad>`` 0, ``<|endoftext|>`` 1, ``<unk>`` 2,
 ``<sep>`` 3, ``<eom>`` 4, and ``<mask_N>`` = vocab_size − N appended after training.
