@@ -9,6 +9,11 @@ seen. That state includes the shuffle buffer and the packer's pending examples, 
 needs a source without Python-side state (no from_generator or py_function).
 """
 
+import io
+import os
+import pathlib
+import tempfile
+import zipfile
 from collections.abc import Iterator, Mapping
 
 import numpy as np
@@ -63,7 +68,9 @@ def make_dataset(
 
 
 class BatchIterator(Iterator[dict[str, np.ndarray]]):
-    """Numpy batches from a tf.data dataset, with save and restore of the position."""
+    """Numpy batches from a tf.data dataset, whose position can be saved and restored."""
+
+    _PREFIX = "position"
 
     def __init__(self, dataset: tf.data.Dataset):
         self._iterator = iter(dataset)
@@ -72,17 +79,26 @@ class BatchIterator(Iterator[dict[str, np.ndarray]]):
     def __next__(self) -> dict[str, np.ndarray]:
         return {name: value.numpy() for name, value in next(self._iterator).items()}
 
-    def save(self, path: str) -> str:
-        """Writes the position to files starting with `path`; returns the prefix written.
+    def save_position(self) -> bytes:
+        """The position as an opaque blob, e.g. for checkpointing.CheckpointManager.save.
 
-        Each host saves its own shard's position, e.g. beside the model checkpoint under a
-        name that carries the shard index.
+        Each host saves its own shard's position. The blob holds tf.train.Checkpoint's
+        files in a zip archive, since tf.data writes iterator state only through files.
         """
-        return self._checkpoint.write(path)
+        with tempfile.TemporaryDirectory() as directory:
+            self._checkpoint.write(os.path.join(directory, self._PREFIX))
+            buffer = io.BytesIO()
+            with zipfile.ZipFile(buffer, "w") as archive:
+                for path in sorted(pathlib.Path(directory).iterdir()):
+                    archive.write(path, path.name)
+        return buffer.getvalue()
 
-    def restore(self, path: str) -> None:
-        """Moves to a position saved by `save` from an iterator over the same pipeline."""
-        self._checkpoint.read(path).assert_consumed()
+    def restore_position(self, position: bytes) -> None:
+        """Moves to a position from save_position of an iterator over the same pipeline."""
+        with tempfile.TemporaryDirectory() as directory:
+            with zipfile.ZipFile(io.BytesIO(position)) as archive:
+                archive.extractall(directory)
+            self._checkpoint.read(os.path.join(directory, self._PREFIX)).assert_consumed()
 
 
 def make_iterator(mixture_or_task_name: str, **kwargs) -> BatchIterator:

@@ -1,11 +1,13 @@
 """The input pipeline: contract shapes, determinism per seed and shard, save and restore."""
 
+import json
+
 import numpy as np
 import pytest
 import seqio
 import tensorflow as tf
 
-from codegen2_jax.data import pipeline, preprocessors
+from codegen2_jax.data import benchmark, pipeline, preprocessors
 from tests.data import fake_vocab
 
 TASK = "test_pipeline_codegen2_mixture"
@@ -81,14 +83,14 @@ def test_deterministic_given_seed_and_shard():
     assert not np.array_equal(shard_0, shard_1)
 
 
-def test_save_restore_resumes_exactly(tmp_path):
+def test_save_restore_resumes_exactly():
     original = _iterator()
     _take(original, 3)
-    prefix = original.save(str(tmp_path / "data"))
+    position = original.save_position()
     expected = _take(original, 3)
 
     resumed = _iterator()
-    resumed.restore(prefix)
+    resumed.restore_position(position)
     _assert_same(expected, _take(resumed, 3))
 
 
@@ -105,3 +107,9 @@ def test_unpacked_eval_pads_one_example_per_row():
     batches = list(iterator)
     assert "decoder_segment_ids" not in batches[0]
     assert sum(len(b["decoder_target_tokens"]) for b in batches) >= 64 - BATCH
+
+
+def test_benchmark_command_prints_throughput(capsys):
+    benchmark.main(["--length", "64", "--batch_size", "2", "--seconds", "0.5", "--max_files", "5"])
+    result = json.loads(capsys.readouterr().out)
+    assert result["tokens_per_s"] > 0 and 0 < result["packing_efficiency"] <= 1
