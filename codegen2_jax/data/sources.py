@@ -17,6 +17,9 @@ Formats:
 - ``"parquet"``: the ``text_field`` column and metadata columns, read with ``pyarrow`` (not a
   dependency of this project either) through its own filesystems: local paths, gs://, s3://.
 
+- ``"auto"``: by file name: ``.parquet``, jsonl (``.jsonl``, ``.jsonl.gz``, ``.jsonl.zst``,
+  ``.json.gz``, ``.json.zst``), anything else text.
+
 jsonl and parquet records are parsed whole and then truncated to ``max_bytes``.
 
 A corpus published with a single split gets a validation split from ``validation_percent``:
@@ -36,7 +39,8 @@ from absl import logging
 
 from codegen2_jax.data import documents
 
-FORMATS = ("text", "jsonl", "parquet")
+FORMATS = ("auto", "text", "jsonl", "parquet")
+_JSONL_SUFFIXES = (".jsonl", ".jsonl.gz", ".jsonl.zst", ".json.gz", ".json.zst")
 OUTPUT_SIGNATURE = {
     name: tf.TensorSpec(shape=(), dtype=tf.string) for name in ("text", "path", "license")
 }
@@ -73,6 +77,13 @@ def _as_text(value) -> str:
     return "" if value is None else str(value)
 
 
+def file_format_of(path: str) -> str:
+    """The format "auto" reads a file as."""
+    if path.endswith(".parquet"):
+        return "parquet"
+    return "jsonl" if path.endswith(_JSONL_SUFFIXES) else "text"
+
+
 def _expand(pattern: Pattern) -> list[str]:
     pattern = pattern() if callable(pattern) else pattern
     patterns = [pattern] if isinstance(pattern, str) else list(pattern)
@@ -86,7 +97,7 @@ class DocumentSource(seqio.FileDataSource):
     Args:
       split_to_filepattern: split name → glob(s), or a callable returning them, called when
         the dataset is built (so a gin-configured root can be bound after registration).
-      file_format: one of FORMATS.
+      file_format: one of FORMATS (default "auto": by file name).
       text_field: jsonl key or parquet column of the document text.
       path_fields: fields joined with "/" into ``path``; none: the file name (text format)
         or "file:record number".
@@ -101,7 +112,7 @@ class DocumentSource(seqio.FileDataSource):
         self,
         *,
         split_to_filepattern: Mapping[str, Pattern],
-        file_format: str,
+        file_format: str = "auto",
         text_field: str = "content",
         path_fields: Sequence[str] = (),
         license_field: str | None = None,
@@ -151,8 +162,9 @@ class DocumentSource(seqio.FileDataSource):
     def documents(self, path: bytes | str) -> Iterator[dict[str, str]]:
         """The documents of one file (the generator behind the tf.data pipeline)."""
         path = path.decode("utf-8") if isinstance(path, bytes) else path
-        records = {"text": self._text_file, "jsonl": self._jsonl, "parquet": self._parquet}
-        yield from records[self._format](path)
+        readers = {"text": self._text_file, "jsonl": self._jsonl, "parquet": self._parquet}
+        file_format = file_format_of(path) if self._format == "auto" else self._format
+        yield from readers[file_format](path)
         logging.log_every_n_seconds(logging.INFO, "%s: %s", 60, path, self.stats.as_dict())
 
     def _document(self, record: Mapping, fallback_path: str) -> dict[str, str] | None:

@@ -192,3 +192,13 @@ def test_missing_files_raise_a_clear_error(tmp_path):
     )
     with pytest.raises(ValueError, match="No file is found"):
         source.get_dataset("train")
+
+
+def test_auto_format_reads_each_file_by_its_name(tmp_path):
+    _write(tmp_path / "a.py", b"print('a')\n")
+    _write(tmp_path / "b.jsonl.gz", gzip.compress(json.dumps({"content": "b = 1\n"}).encode()))
+    source = sources.DocumentSource(split_to_filepattern={"train": str(tmp_path / "*")})
+    texts = {ex["text"] for ex in source.get_dataset("train", shuffle=False).as_numpy_iterator()}
+    assert texts == {b"print('a')\n", b"b = 1\n"}
+    assert sources.file_format_of("x/train-0.parquet") == "parquet"
+    assert sources.file_format_of("val.jsonl.zst") == "jsonl"
