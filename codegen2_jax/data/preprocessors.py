@@ -64,7 +64,10 @@ def chunk_documents(dataset: tf.data.Dataset, *, max_tokens: int) -> tf.data.Dat
 
     pieces = dataset.map(split, num_parallel_calls=_AUTOTUNE).unbatch()
     # unbatch yields rank-1 ragged values; make them plain tensors again.
-    return pieces.map(lambda piece: {features.TARGETS: tf.ensure_shape(piece, [None])})
+    return pieces.map(
+        lambda piece: {features.TARGETS: tf.ensure_shape(piece, [None])},
+        num_parallel_calls=_AUTOTUNE,
+    )
 
 
 def causal_lm(
@@ -162,8 +165,9 @@ def fim(
 
     `pre <mask_1> post <|endoftext|> <sep> <mask_1> middle <eom>`. The middle covers a
     fraction of the document drawn uniformly from [min_mask_ratio, max_mask_ratio)
-    (defaults 0 and 1: about uniform middle lengths, at least one token, and one token
-    left outside it when the document has two), placed uniformly.
+    (defaults 0 and 1, so middle lengths are about uniform) and sits at a uniformly drawn
+    place. It holds at least one token and, in a document of two or more tokens, leaves at
+    least one outside.
     """
     objective = _InfillObjective(
         _vocabulary(output_features),
