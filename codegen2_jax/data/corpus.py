@@ -16,8 +16,8 @@ spread sample of the library rather than its alphabetical head. The bytes depend
 interpreter and the installed distributions; the version pins the recipe. Bad input follows
 ``codegen2_jax.data.documents``; the counts are logged when a split is generated.
 
-Build it (cached under ``data_dir``) with ``tfds.builder("codegen2_stdlib/python",
-data_dir=...).download_and_prepare()``, or let ``tfds.load``/seqio build it on first use.
+``StdlibSource`` is the seqio source over it: it builds the corpus into its data_dir on first
+use (later uses read the cache) and shards a split across hosts by examples.
 """
 
 import ast
@@ -27,8 +27,10 @@ import importlib.metadata
 import itertools
 import pathlib
 import sysconfig
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
+import seqio
+import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from codegen2_jax.data import documents
@@ -232,3 +234,47 @@ class CodegenStdlib(tfds.core.GeneratorBasedBuilder):
             if split_of(doc.split_key, config.validation_percent) == split:
                 yield doc.path, {"text": text, "path": doc.path, "license": doc.license}
         stats.log(f"codegen2_stdlib/{config.name} {split}")
+
+
+class StdlibSource(seqio.DataSource):
+    """seqio source over a ``codegen2_stdlib`` config, built into ``data_dir`` on first use.
+
+    It constructs the builder from this module's class rather than through ``tfds.builder``
+    with a version, which would read the prepared dataset's info from disk, a path that
+    fails with tfds-nightly 4.9.2 under protobuf 7.
+
+    Args:
+      config: "python" or "natural".
+      data_dir: TFDS data_dir, or a callable returning it when the dataset is built (e.g. a
+        gin-configured one); None: TFDS's default (TFDS_DATA_DIR or ~/tensorflow_datasets).
+    """
+
+    def __init__(self, config: str, data_dir: str | Callable[[], str | None] | None = None):
+        self._config = config
+        self._data_dir = data_dir
+        super().__init__(splits=("train", "validation"))
+
+    @property
+    def supports_arbitrary_sharding(self) -> bool:
+        return True
+
+    def builder(self) -> CodegenStdlib:
+        """The prepared builder (prepared now if its data_dir has no copy yet)."""
+        data_dir = self._data_dir() if callable(self._data_dir) else self._data_dir
+        builder = CodegenStdlib(config=self._config, data_dir=data_dir)
+        builder.download_and_prepare()
+        return builder
+
+    def list_shards(self, split: str) -> list[str]:
+        return [split]
+
+    def get_dataset(
+        self, split="train", shuffle=True, seed=None, shard_info=None, **unused_kwargs
+    ) -> tf.data.Dataset:
+        """A split (or this host's even part of it) as {"text", "path", "license"}."""
+        if shard_info and shard_info.num_shards > 1:
+            split = tfds.even_splits(split, n=shard_info.num_shards)[shard_info.index]
+        read_config = tfds.ReadConfig(shuffle_seed=seed)
+        return self.builder().as_dataset(
+            split=split, shuffle_files=shuffle, read_config=read_config
+        )

@@ -12,8 +12,8 @@ The model is built so that ``decode(encode(s)) == s`` for every string ``s``: id
 normalization (no NFKC), no dummy prefix, no whitespace folding, byte fallback for every
 character outside the learned pieces (emoji, CJK, control characters, NUL included), pieces for
 newline, tab and runs of 2–16 spaces, and digits split one per piece. The smallest
-vocabulary is about 320 pieces (256 byte pieces, specials, whitespace, the corpus' characters). The rules for what does
-not round-trip:
+vocabulary is about 320 pieces (256 byte pieces, specials, whitespace, the corpus'
+characters). The rules for what does not round-trip:
 
 - U+2581 (▁) is sentencepiece's own whitespace symbol: it decodes as a space (U+0020).
 - Text that spells a special piece (``<|endoftext|>``, ``<sep>``, ``<mask_1>``…) encodes as

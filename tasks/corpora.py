@@ -1,0 +1,107 @@
+"""The corpora: one ``register_corpus`` declaration each (README.md, "Add a corpus").
+
+- ``stdlib_py`` / ``stdlib_nl``: the embedded corpus (codegen2_jax.data.corpus), built on
+  first use into ``tasks.stdlib_data_dir.path`` (default: TFDS_DATA_DIR or
+  ~/tensorflow_datasets).
+- ``the_stack_<language>``: The Stack (v1.x dedup) as distributed, ``<root>/<language>/*.parquet``
+  with ``content`` and ``max_stars_repo_*`` columns (jsonl copies with the same fields work
+  too); the root is bound in gin: ``tasks.the_stack_root.path = "gs://bucket/the-stack-dedup/data"``.
+  It ships one split, so the records whose repository/path hashes into 1% form "validation".
+- ``pile``: The Pile as distributed, ``<root>/train/*.jsonl.zst``, ``<root>/val.jsonl.zst``
+  (``.jsonl`` and ``.jsonl.gz`` too; ``.zst`` needs the zstandard package);
+  ``tasks.the_pile_root.path = ...``.
+"""
+
+import gin
+
+from codegen2_jax.data import corpus, sources
+from tasks.registry import register_corpus
+
+# The CodeGen2 languages: task name suffix -> The Stack directory.
+THE_STACK_LANGUAGES = {
+    "c": "c",
+    "cpp": "c++",
+    "csharp": "c-sharp",
+    "dart": "dart",
+    "go": "go",
+    "java": "java",
+    "javascript": "javascript",
+    "kotlin": "kotlin",
+    "lua": "lua",
+    "php": "php",
+    "python": "python",
+    "ruby": "ruby",
+    "rust": "rust",
+    "scala": "scala",
+    "shell": "shell",
+    "sql": "sql",
+    "swift": "swift",
+    "typescript": "typescript",
+    "vue": "vue",
+}
+
+
+def _required(path: str | None, binding: str) -> str:
+    if not path:
+        raise ValueError(f"Bind {binding} in gin (a local path or bucket) to read this corpus.")
+    return path.rstrip("/")
+
+
+@gin.configurable(module="tasks")
+def stdlib_data_dir(path: str | None = None) -> str | None:
+    """TFDS data_dir of the embedded corpus (None: TFDS_DATA_DIR or ~/tensorflow_datasets)."""
+    return path
+
+
+@gin.configurable(module="tasks")
+def the_stack_root(path: str | None = None) -> str:
+    """Directory holding The Stack's per-language directories (gin: REQUIRED to read it)."""
+    return _required(path, "tasks.the_stack_root.path")
+
+
+@gin.configurable(module="tasks")
+def the_pile_root(path: str | None = None) -> str:
+    """Directory holding The Pile's train/ and val.jsonl.zst (gin: REQUIRED to read it)."""
+    return _required(path, "tasks.the_pile_root.path")
+
+
+def _stack_files(directory: str):
+    return lambda: [f"{the_stack_root()}/{directory}/*.{ext}" for ext in ("parquet", "jsonl*")]
+
+
+def _pile_files(pattern: str):
+    return lambda: f"{the_pile_root()}/{pattern}"
+
+
+for _config in ("python", "natural"):
+    register_corpus(
+        {"python": "stdlib_py", "natural": "stdlib_nl"}[_config],
+        "v1",
+        corpus.StdlibSource(_config, data_dir=stdlib_data_dir),
+    )
+
+for _language, _directory in THE_STACK_LANGUAGES.items():
+    register_corpus(
+        f"the_stack_{_language}",
+        "v1",
+        sources.DocumentSource(
+            split_to_filepattern={"train": _stack_files(_directory)},
+            text_field="content",
+            path_fields=("max_stars_repo_name", "max_stars_repo_path"),
+            license_field="max_stars_repo_licenses",
+            validation_percent=1,
+        ),
+    )
+
+register_corpus(
+    "pile",
+    "v1",
+    sources.DocumentSource(
+        split_to_filepattern={
+            "train": _pile_files("train/*.jsonl*"),
+            "validation": _pile_files("val.jsonl*"),
+            "test": _pile_files("test.jsonl*"),
+        },
+        text_field="text",
+    ),
+)

@@ -1,0 +1,100 @@
+"""The objectives a task can end with, each reading its rates and span parameters from gin.
+
+seqio calls these preprocessors when it builds a dataset, after gin has parsed the run's
+config, so a binding such as ``tasks.span_params.max_spans = 8`` reaches every registered
+task. Defaults are the library's, documented in codegen2_jax.data.preprocessors.
+
+| objective | library preprocessor | gin parameters |
+|---|---|---|
+| causal | causal_lm | none |
+| prefix_lm | prefix_lm | none |
+| span_infill | span_corruption_infill | span_params |
+| fim | fim | fim_params |
+| codegen2_mix | codegen2_mixture | mixture_params, span_params |
+"""
+
+import inspect
+
+import gin
+
+from codegen2_jax.data import preprocessors
+
+
+def _default(function, name):
+    return inspect.signature(function).parameters[name].default
+
+
+@gin.configurable(module="tasks")
+def span_params(
+    *,
+    min_mask_ratio: float = preprocessors.DEFAULT_MIN_MASK_RATIO,
+    max_mask_ratio: float = preprocessors.DEFAULT_MAX_MASK_RATIO,
+    mean_span_length: float = preprocessors.DEFAULT_MEAN_SPAN_LENGTH,
+    max_spans: int = preprocessors.DEFAULT_MAX_SPANS,
+    loss_policy: str = preprocessors.LOSS_ALL,
+) -> dict:
+    """Span corruption parameters (span_infill and codegen2_mix)."""
+    return dict(
+        min_mask_ratio=min_mask_ratio,
+        max_mask_ratio=max_mask_ratio,
+        mean_span_length=mean_span_length,
+        max_spans=max_spans,
+        loss_policy=loss_policy,
+    )
+
+
+@gin.configurable(module="tasks")
+def fim_params(
+    *,
+    min_mask_ratio: float = _default(preprocessors.fim, "min_mask_ratio"),
+    max_mask_ratio: float = _default(preprocessors.fim, "max_mask_ratio"),
+    loss_policy: str = preprocessors.LOSS_ALL,
+) -> dict:
+    """Fill-in-the-middle parameters: the middle's share of the document."""
+    return dict(
+        min_mask_ratio=min_mask_ratio, max_mask_ratio=max_mask_ratio, loss_policy=loss_policy
+    )
+
+
+@gin.configurable(module="tasks")
+def mixture_params(*, causal_rate: float = preprocessors.DEFAULT_CAUSAL_RATE) -> dict:
+    """The CodeGen2 per-example mixture: probability of causal LM (default 0.5)."""
+    return dict(causal_rate=causal_rate)
+
+
+def causal(dataset, sequence_length, output_features):
+    """Causal LM (``<|endoftext|>`` appended, every token scored)."""
+    return preprocessors.causal_lm(dataset, sequence_length, output_features)
+
+
+def prefix_lm(dataset, sequence_length, output_features):
+    """Prefix-LM with a sampled split point."""
+    return preprocessors.prefix_lm(dataset, sequence_length, output_features)
+
+
+def span_infill(dataset, sequence_length, output_features):
+    """Span corruption rendered as infill, parameters from span_params."""
+    return preprocessors.span_corruption_infill(
+        dataset, sequence_length, output_features, **span_params()
+    )
+
+
+def fim(dataset, sequence_length, output_features):
+    """Single-span fill-in-the-middle, parameters from fim_params."""
+    return preprocessors.fim(dataset, sequence_length, output_features, **fim_params())
+
+
+def codegen2_mix(dataset, sequence_length, output_features):
+    """CodeGen2's causal / span-corruption mixture, from mixture_params and span_params."""
+    return preprocessors.codegen2_mixture(
+        dataset, sequence_length, output_features, **mixture_params(), **span_params()
+    )
+
+
+OBJECTIVES = {
+    "causal": causal,
+    "prefix_lm": prefix_lm,
+    "span_infill": span_infill,
+    "fim": fim,
+    "codegen2_mix": codegen2_mix,
+}

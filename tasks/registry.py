@@ -1,0 +1,58 @@
+"""How a corpus becomes tasks: "<corpus>_<version>_<objective>" for each objective.
+
+Every task reads its source's text field, tokenizes it with the code vocabulary (no EOS:
+the objectives append it) and ends with one objective of tasks.objectives.
+"""
+
+import functools
+from collections.abc import Sequence
+
+import seqio
+
+from codegen2_jax.data import features, vocab
+from tasks import objectives
+
+
+def task_name(corpus: str, version: str, objective: str) -> str:
+    """The registered name, e.g. ``stdlib_py_v1_codegen2_mix``."""
+    return f"{corpus}_{version}_{objective}"
+
+
+def register_corpus(
+    corpus: str,
+    version: str,
+    source: seqio.DataSource,
+    *,
+    text_field: str = "text",
+    objectives_to_register: Sequence[str] = tuple(objectives.OBJECTIVES),
+    vocabulary: seqio.Vocabulary | None = None,
+) -> list[str]:
+    """Registers one task per objective over a source of documents.
+
+    Args:
+      corpus: corpus name, e.g. "the_stack_python" (letters, digits, underscores).
+      version: corpus version, e.g. "v1"; bump it when the source's content changes.
+      source: a seqio DataSource whose examples hold the document in ``text_field``.
+      text_field: the field holding a document's text.
+      objectives_to_register: names from tasks.objectives.OBJECTIVES (default: all).
+      vocabulary: the tokenizer (default: the shipped code vocabulary).
+
+    Returns:
+      The registered task names.
+    """
+    output_features = features.output_features(vocabulary or vocab.default_vocabulary())
+    names = []
+    for objective in objectives_to_register:
+        name = task_name(corpus, version, objective)
+        seqio.TaskRegistry.add(
+            name,
+            source=source,
+            preprocessors=[
+                functools.partial(seqio.preprocessors.rekey, key_map={"targets": text_field}),
+                functools.partial(seqio.preprocessors.tokenize, copy_pretokenized=False),
+                objectives.OBJECTIVES[objective],
+            ],
+            output_features=output_features,
+        )
+        names.append(name)
+    return names
