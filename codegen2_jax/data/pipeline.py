@@ -5,7 +5,8 @@ Batches follow the decoder contract of ObjectiveFeatureConverter (features.py), 
 seeds the shuffle, the preprocessors' random draws and the mixture sampling from `seed`, and
 tf.data runs deterministically. Its position is the tf.data iterator state, saved and
 restored with tf.train.Checkpoint, so a resumed run sees exactly the batches it would have
-seen. That state includes the shuffle buffer and the packer's pending examples, and it
+seen. That state includes the shuffle buffer and the packer's pending examples (about
+60 MB, 20 MB compressed, at length 2048 with seqio's 1000-example shuffle buffer), and it
 needs a source without Python-side state (no from_generator or py_function).
 """
 
@@ -88,7 +89,9 @@ class BatchIterator(Iterator[dict[str, np.ndarray]]):
         with tempfile.TemporaryDirectory() as directory:
             self._checkpoint.write(os.path.join(directory, self._PREFIX))
             buffer = io.BytesIO()
-            with zipfile.ZipFile(buffer, "w") as archive:
+            # Fast deflate: the state is mostly token ids and 0/1 flags, a third of the size
+            # for about a second per 60 MB.
+            with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED, compresslevel=1) as archive:
                 for path in sorted(pathlib.Path(directory).iterdir()):
                     archive.write(path, path.name)
         return buffer.getvalue()
