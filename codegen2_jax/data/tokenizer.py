@@ -5,8 +5,12 @@
     python -m codegen2_jax.data.tokenizer --files='src/**/*.py' --vocab_size=8192 --out=m.model
 
 ``--source`` names seqio tasks (registered by ``--module``, default ``tasks``) whose sources
-yield a ``text`` field; ``--files`` is a tf.io.gfile glob read with the rules of
-``codegen2_jax.data.documents``.
+yield a ``text`` field, configured by ``--gin_bindings`` (e.g.
+``--gin_bindings="tasks.the_stack_root.path = 'gs://bucket/the-stack-dedup/data'"``); their
+"train" split is read in order, up to ``--max_input_bytes``. ``--files`` is a tf.io.gfile glob
+read with the rules of ``codegen2_jax.data.documents``. The shipped model is rebuilt by the
+first command above; it reproduces byte for byte on the same interpreter and installed
+packages (the embedded corpus is built from them).
 
 The model is built so that ``decode(encode(s)) == s`` for every string ``s``: identity
 normalization (no NFKC), no dummy prefix, no whitespace folding, byte fallback for every
@@ -29,6 +33,7 @@ import importlib
 import io
 from collections.abc import Iterable, Iterator, Sequence
 
+import gin
 import sentencepiece as spm
 import tensorflow as tf
 from absl import app, flags, logging
@@ -174,7 +179,9 @@ def limit_bytes(texts: Iterable[str], max_total_bytes: int) -> Iterator[str]:
 _SOURCE = flags.DEFINE_list("source", [], "seqio task names whose sources give `text`.")
 _FILES = flags.DEFINE_string("files", None, "tf.io.gfile glob of text files.")
 _MODULE = flags.DEFINE_list("module", ["tasks"], "Modules to import to register --source.")
-_TFDS_DATA_DIR = flags.DEFINE_string("tfds_data_dir", None, "TFDS data_dir for TFDS sources.")
+_GIN_BINDINGS = flags.DEFINE_multi_string(
+    "gin_bindings", [], "Gin bindings the --source tasks read, e.g. their data roots."
+)
 _VOCAB_SIZE = flags.DEFINE_integer("vocab_size", 8192, "Total pieces, masks included.")
 _NUM_MASKS = flags.DEFINE_integer("num_masks", vocab.DEFAULT_NUM_MASKS, "<mask_N> pieces.")
 _MODEL_TYPE = flags.DEFINE_enum("model_type", "bpe", ["bpe", "unigram"], "Model type.")
@@ -191,10 +198,7 @@ def main(argv: Sequence[str]) -> None:
     else:
         for module in _MODULE.value:
             importlib.import_module(module)
-        if _TFDS_DATA_DIR.value:
-            import seqio
-
-            seqio.set_tfds_data_dir_override(_TFDS_DATA_DIR.value)
+        gin.parse_config(_GIN_BINDINGS.value)
         texts = texts_from_tasks(_SOURCE.value)
     model = train(
         limit_bytes(texts, _MAX_INPUT_BYTES.value),
