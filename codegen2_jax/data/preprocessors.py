@@ -77,7 +77,7 @@ def causal_lm(
 ) -> tf.data.Dataset:
     """`doc <|endoftext|>`, loss on every token; documents chunked to fit."""
     eos_id = _vocabulary(output_features).eos_id
-    dataset = chunk_documents(dataset, max_tokens=sequence_length[features.TARGETS] - 1)
+    dataset = chunk_documents(dataset, max_tokens=_targets_length(sequence_length) - 1)
     return dataset.map(
         lambda ex: _causal_example(ex[features.TARGETS], eos_id), num_parallel_calls=_AUTOTUNE
     )
@@ -105,7 +105,7 @@ def prefix_lm(
         )
         return _prefix_example(tokens, prefix_length, eos_id)
 
-    dataset = chunk_documents(dataset, max_tokens=sequence_length[features.TARGETS] - 1)
+    dataset = chunk_documents(dataset, max_tokens=_targets_length(sequence_length) - 1)
     return split(dataset)
 
 
@@ -242,7 +242,7 @@ class _InfillObjective:
     def max_tokens(self, sequence_length: Mapping[str, int]) -> int:
         """The chunk length that keeps every rendered example within the sequence length."""
         return spans.max_document_length(
-            sequence_length[features.TARGETS],
+            _targets_length(sequence_length),
             max_mask_ratio=self._mask_ratio_range[1],
             mean_span_length=self._mean_span_length,
             max_spans=self._max_spans,
@@ -314,6 +314,13 @@ def _example(targets, loss_weights, prefix_mask):
         features.LOSS_WEIGHTS: loss_weights,
         features.PREFIX_MASK: prefix_mask,
     }
+
+
+def _targets_length(sequence_length):
+    # Chunking needs the length: without it (seqio's sequence_length=None) nothing would fit.
+    if not sequence_length or not sequence_length.get(features.TARGETS):
+        raise ValueError(f"the objectives need sequence_length['targets'], got {sequence_length}")
+    return sequence_length[features.TARGETS]
 
 
 def _vocabulary(output_features):

@@ -142,9 +142,13 @@ def test_codegen2_mixture():
     )
 
 
-def test_loss_policy_is_checked():
+def test_bad_parameters_are_refused():
     with pytest.raises(ValueError, match="loss_policy"):
         _run(functools.partial(preprocessors.span_corruption_infill, loss_policy="some"), DOCS, 24)
+    with pytest.raises(ValueError, match="mask ratio"):
+        _run(functools.partial(preprocessors.fim, max_mask_ratio=1.5), DOCS, 24)
+    with pytest.raises(ValueError, match="sequence_length"):
+        preprocessors.causal_lm(_dataset(DOCS), None, OUTPUT_FEATURES)
 
 
 def _reassemble(targets):
