@@ -14,8 +14,8 @@ share one packed stream. Formats (ARCHITECTURE.md, section 2):
 - codegen2_mixture: per example, causal_lm with probability `causal_rate`, else
   span_corruption_infill.
 
-Special ids come from `output_features["targets"].vocabulary` (pad_id, eos_id, sep_id,
-eom_id, num_masks, mask_id(n)). Random draws use seeds from seqio.map_over_dataset, so a
+Special ids come from `output_features["targets"].vocabulary` (eos_id, sep_id, eom_id,
+num_masks, mask_id(n)). Random draws use seeds from seqio.map_over_dataset, so a
 task is deterministic given its seed.
 
 Defaults: the CodeGen2 paper does not publish its mask ratio range, span length or span
