@@ -1,12 +1,12 @@
 """Training checkpoints: orbax CheckpointManager steps holding state, data position and gin config.
 
-Each step directory holds two orbax items:
+Each step directory holds three orbax items, committed together:
 
-  state      the TrainState (StandardSave; saved asynchronously: arrays are copied off the
-             devices before save() returns and written by a background thread).
-  manifest   JSON: the data pipeline's position (an opaque blob, base64), the operative gin
-             config, and a fingerprint of every array (checksums.py), sealed by a digest of
-             the manifest itself.
+  state          the TrainState (StandardSave; saved asynchronously: arrays are copied off
+                 the devices before save() returns and written by a background thread).
+  data_position  each process's data pipeline position, an opaque blob (process_blobs.py).
+  manifest       JSON: the operative gin config and a fingerprint of every array
+                 (checksums.py), sealed by a digest of the manifest itself.
 
 restore_latest walks the steps newest first and returns the first one that is committed,
 readable and matches its fingerprints. A step that is not is moved to <directory>/set_aside/
@@ -20,20 +20,22 @@ an older checkpoint.
 
 from __future__ import annotations
 
-import base64
 import datetime
 import hashlib
 import json
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
 from etils import epath
+from jax.experimental import multihost_utils
 
-from codegen2_jax import checksums
+from codegen2_jax import checksums, process_blobs
 
-STATE, MANIFEST = "state", "manifest"
+STATE, DATA_POSITION, MANIFEST = "state", "data_position", "manifest"
 SET_ASIDE_DIR = "set_aside"
 FORMAT_VERSION = 1
 
@@ -81,6 +83,28 @@ def _unseal(manifest: dict[str, Any]) -> dict[str, Any]:
     return body
 
 
+def _handler_registry() -> ocp.handlers.DefaultCheckpointHandlerRegistry:
+    """Which orbax handler saves and restores each item (explicit: nothing registered globally)."""
+    registry = ocp.handlers.DefaultCheckpointHandlerRegistry()
+    items = {
+        STATE: (
+            ocp.handlers.StandardCheckpointHandler(),
+            ocp.args.StandardSave,
+            ocp.args.StandardRestore,
+        ),
+        DATA_POSITION: (
+            process_blobs.ProcessBlobHandler(),
+            process_blobs.ProcessBlobSave,
+            process_blobs.ProcessBlobRestore,
+        ),
+        MANIFEST: (ocp.handlers.JsonCheckpointHandler(), ocp.args.JsonSave, ocp.args.JsonRestore),
+    }
+    for name, (handler, save_args, restore_args) in items.items():
+        registry.add(name, save_args, handler)
+        registry.add(name, restore_args, handler)
+    return registry
+
+
 def _utc_stamp() -> str:
     return datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
 
@@ -103,7 +127,7 @@ class Checkpointer:
             cleanup_tmp_directories=False,
         )
         self._manager = ocp.CheckpointManager(
-            self.directory, item_names=(STATE, MANIFEST), options=options
+            self.directory, options=options, handler_registry=_handler_registry()
         )
         self._pending_step: int | None = None
 
@@ -117,7 +141,8 @@ class Checkpointer:
         Args:
           step: the step number (the directory name).
           state: TrainState (or any pytree of jax.Arrays) to save.
-          data_position: the data pipeline's position, stored and returned unchanged.
+          data_position: this process's data pipeline position, returned unchanged to the
+            same process by restore_latest.
           gin_config: the operative gin config text.
 
         Returns:
@@ -135,21 +160,19 @@ class Checkpointer:
                 "checkpoint step %d already exists in %s; not saving", step, self.directory
             )
             return False
-        manifest = self._manifest(step, state, data_position, gin_config)
-        self._manager.save(
-            step,
-            args=ocp.args.Composite(
-                **{STATE: ocp.args.StandardSave(state), MANIFEST: ocp.args.JsonSave(manifest)}
-            ),
-        )
+        items = {
+            STATE: ocp.args.StandardSave(state),
+            DATA_POSITION: process_blobs.ProcessBlobSave(data_position),
+            MANIFEST: ocp.args.JsonSave(self._manifest(step, state, gin_config)),
+        }
+        self._manager.save(step, args=ocp.args.Composite(**items))
         self._pending_step = step
         return True
 
-    def _manifest(self, step: int, state, data_position: bytes, gin_config: str) -> dict:
+    def _manifest(self, step: int, state, gin_config: str) -> dict:
         body = {
             "format_version": FORMAT_VERSION,
             "step": step,
-            "data_position": base64.b64encode(data_position).decode("ascii"),
             "gin_config": gin_config,
             "arrays": checksums.fingerprint(state),
         }
@@ -211,26 +234,34 @@ class Checkpointer:
         return None
 
     def _restore_step(self, step: int, target) -> RestoredCheckpoint:
-        if not (self.directory / str(step) / ocp.path.atomicity_types.COMMIT_SUCCESS_FILE).exists():
-            raise _UnusableStep("half-written: no commit marker")
-        manifest = _unseal(self._read(step, **{MANIFEST: ocp.args.JsonRestore()}))
+        manifest = _agreed(lambda: self._read_manifest(step))
         if problems := checksums.layout_mismatches(manifest["arrays"], target):
             raise CheckpointMismatchError(
                 f"checkpoint step {step} in {self.directory} does not fit the restore target:\n  "
                 + "\n  ".join(problems)
             )
-        state = self._read(step, **{STATE: ocp.args.StandardRestore(target)})
+        state = _agreed(lambda: self._read(step, STATE, ocp.args.StandardRestore(target)))
         _verify(manifest["arrays"], state)
-        logging.info("restored checkpoint step %d from %s", step, self.directory)
-        return RestoredCheckpoint(
-            state, base64.b64decode(manifest["data_position"]), manifest["gin_config"], step
+        data_position = _agreed(
+            lambda: self._read(step, DATA_POSITION, process_blobs.ProcessBlobRestore())
         )
+        logging.info("restored checkpoint step %d from %s", step, self.directory)
+        return RestoredCheckpoint(state, data_position, manifest["gin_config"], step)
 
-    def _read(self, step: int, **item_args):
+    def _read_manifest(self, step: int) -> dict[str, Any]:
+        if not (self.directory / str(step) / ocp.path.atomicity_types.COMMIT_SUCCESS_FILE).exists():
+            raise _UnusableStep("half-written: no commit marker")
+        manifest = _unseal(self._read(step, MANIFEST, ocp.args.JsonRestore()))
+        if manifest["step"] != step:
+            raise _UnusableStep(f"the manifest belongs to step {manifest['step']}")
+        return manifest
+
+    def _read(self, step: int, name: str, args: ocp.args.CheckpointArgs):
         """One item of a step; any failure to read it makes the step unusable."""
-        (name,) = item_args
         try:
-            return self._manager.restore(step, args=ocp.args.Composite(**item_args))[name]
+            return self._manager.restore(step, args=ocp.args.Composite(**{name: args}))[name]
+        except process_blobs.ProcessCountError as e:
+            raise CheckpointMismatchError(f"checkpoint step {step}: {e}") from e
         except Exception as e:  # orbax and TensorStore raise many types for damaged files
             raise _UnusableStep(f"unreadable {name}: {type(e).__name__}: {e}") from e
 
@@ -256,6 +287,25 @@ class Checkpointer:
             path.rename(destination)
         ocp.multihost.sync_global_processes(f"codegen2_jax.checkpointing:set_aside:{path.name}")
         self._manager.reload()
+
+
+def _agreed(read: Callable[[], Any]) -> Any:
+    """read(), failing on every process when it fails on any.
+
+    A damaged file may be read by one process only (its shards, its data position); agreeing
+    after each read keeps the processes on the same step and their later collectives aligned.
+    """
+    try:
+        value, problem = read(), None
+    except _UnusableStep as e:
+        value, problem = None, e
+    if jax.process_count() > 1:
+        failed = multihost_utils.process_allgather(np.array(problem is not None))
+        if problem is None and failed.any():
+            problem = _UnusableStep("unreadable on another process")
+    if problem is not None:
+        raise problem
+    return value
 
 
 def _verify(saved: dict[str, checksums.Fingerprint], state) -> None:

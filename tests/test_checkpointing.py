@@ -25,7 +25,7 @@ CONFIG = TransformerConfig(
     vocab_size=64, num_layers=1, embed_dim=32, num_heads=4, rotary_dim=4, dtype="float32"
 )
 BATCH_SHAPE = (8, 16)
-DATA_POSITION = bytes(range(256)) * 3
+DATA_POSITION = np.random.default_rng(0).bytes(4 << 20)  # real positions reach ~20 MB
 GIN_CONFIG = "# operative config\ntrain.num_steps = 10\nNAME = 'κ→∞'\n"
 
 
@@ -217,6 +217,13 @@ def edit_manifest(step_dir, _reference):
     path.write_text(path.read_text().replace("train.num_steps = 10", "train.num_steps = 99"))
 
 
+def edit_data_position(step_dir, _reference):
+    path = step_dir / checkpointing.DATA_POSITION / "process_0-of-1.bin"
+    data = bytearray(path.read_bytes())
+    data[1000] ^= 0x01
+    path.write_bytes(bytes(data))
+
+
 def remove_commit_marker(step_dir, _reference):
     (step_dir / ocp.path.atomicity_types.COMMIT_SUCCESS_FILE).unlink()
 
@@ -233,6 +240,7 @@ def leave_temporary_dir(step_dir, _reference):
         (flip_64_bytes, "checksum mismatch"),
         (truncate, "unreadable state"),
         (edit_manifest, "manifest digest mismatch"),
+        (edit_data_position, "does not match its SHA-256 digest"),
         (remove_commit_marker, "no commit marker"),
         (leave_temporary_dir, "never committed"),
     ],
@@ -298,6 +306,17 @@ def test_restoring_a_different_parameter_set_names_the_parameters(tmp_path, setu
         ckpt.restore_latest(target, shardings.replace(params=shard_params))
     assert "params/extra/kernel: in the target but not in the checkpoint" in str(error.value)
     assert "params/lm_head/kernel: in the checkpoint but not in the target" in str(error.value)
+
+
+def test_restoring_with_a_different_process_count_is_refused(tmp_path, setup):
+    """Each host's data position belongs to its shard of the data: no silent reuse."""
+    _, _, first, _ = setup
+    save_steps(tmp_path, {1: first})
+    for path in (tmp_path / "1" / checkpointing.DATA_POSITION).glob("process_0-of-1.*"):
+        path.rename(path.with_name(path.name.replace("-of-1", "-of-2")))
+    with pytest.raises(checkpointing.CheckpointMismatchError, match="process_0-of-2.bin"):
+        restore(tmp_path, setup)
+    assert set_aside_names(tmp_path) == []
 
 
 def test_non_finite_state_is_refused(tmp_path, setup):
