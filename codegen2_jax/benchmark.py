@@ -44,6 +44,12 @@ def make_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--microbatches", type=int, default=1, help="Gradient accumulation microbatches."
     )
+    parser.add_argument(
+        "--layout",
+        default="causal",
+        choices=["causal", "packed", "prefix_lm"],
+        help="Batch features: plain causal rows, two packed segments, or packed prefix-LM.",
+    )
     return parser
 
 

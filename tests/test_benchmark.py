@@ -1,5 +1,7 @@
 """The train-step benchmark runs the real step on each batch layout and reports sane figures."""
 
+import json
+
 import numpy as np
 import pytest
 
@@ -26,3 +28,11 @@ def test_prefix_lm_batch_scores_only_the_non_prefix_part():
     batch = benchmark.synthetic_batch(2, 16, 64, "prefix_lm")
     prefix = batch["decoder_causal_attention"].astype(bool)
     assert prefix.any() and not batch["decoder_loss_weights"][prefix].any()
+
+
+def test_command_line_prints_one_json_line(capsys):
+    benchmark.main(
+        ["--gin_file=models/tiny.gin", "--batch=8", "--seq=16", "--steps=1", "--layout=packed"]
+    )
+    result = json.loads(capsys.readouterr().out.strip())
+    assert result["layout"] == "packed" and result["tokens_per_s"] > 0
