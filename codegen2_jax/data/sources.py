@@ -25,6 +25,11 @@ jsonl and parquet records are parsed whole and then truncated to ``max_bytes``.
 A corpus published with a single split gets a validation split from ``validation_percent``:
 "train" and "validation" then read the same files and keep the records whose ``path`` hashes
 (tf.strings.to_hash_bucket_fast) below or above the percentage.
+
+A DocumentSource reads through a Python generator, which tf.data cannot checkpoint: a
+pipeline over it runs, but cannot save its position. For long runs, write the documents to
+TFRecord shards once (``python -m codegen2_jax.data.materialize``) and declare the copy with
+``TFRecordDocumentSource``: pure tf.data, resumable, and faster.
 """
 
 import gzip
@@ -91,7 +96,42 @@ def _expand(pattern: Pattern) -> list[str]:
     return sorted(f for f in files if not tf.io.gfile.isdir(f))
 
 
-class DocumentSource(seqio.FileDataSource):
+class _DocumentFiles(seqio.FileDataSource):
+    """Lazy file listing and the hash-carved validation split, shared by both sources."""
+
+    def __init__(self, *, read_file_fn, split_to_filepattern, validation_percent):
+        if validation_percent is not None:
+            if set(split_to_filepattern) != {"train"}:
+                raise ValueError("validation_percent carves validation out of 'train' only")
+            train = split_to_filepattern["train"]
+            split_to_filepattern = {"train": train, "validation": train}
+        self._validation_percent = validation_percent
+        super().__init__(read_file_fn=read_file_fn, split_to_filepattern=split_to_filepattern)
+
+    @property
+    def validation_percent(self) -> int | None:
+        """Share of "train" paths carved out as "validation", or None."""
+        return self._validation_percent
+
+    def list_shards(self, split: str) -> Sequence[str]:
+        """Files of a split, sorted; globs (and lazy roots) are expanded on every call."""
+        return _expand(self._split_to_filepattern[split])
+
+    def get_dataset(self, split: str = "train", *args, **kwargs) -> tf.data.Dataset:
+        """The split's documents; see seqio.FileDataSource.get_dataset for the arguments."""
+        dataset = super().get_dataset(split, *args, **kwargs)
+        if self._validation_percent is None:
+            return dataset
+        want_validation = split == "validation"
+
+        def keep(example):
+            bucket = tf.strings.to_hash_bucket_fast(example["path"], 100)
+            return tf.equal(bucket < self._validation_percent, want_validation)
+
+        return dataset.filter(keep)
+
+
+class DocumentSource(_DocumentFiles):
     """A seqio source of documents read from files.
 
     Args:
@@ -122,37 +162,18 @@ class DocumentSource(seqio.FileDataSource):
     ):
         if file_format not in FORMATS:
             raise ValueError(f"file_format {file_format!r} not in {FORMATS}")
-        if validation_percent is not None:
-            if set(split_to_filepattern) != {"train"}:
-                raise ValueError("validation_percent carves validation out of 'train' only")
-            split_to_filepattern = {"train": split_to_filepattern["train"]}
-            split_to_filepattern["validation"] = split_to_filepattern["train"]
         self._format = file_format
         self._text_field = text_field
         self._path_fields = tuple(path_fields)
         self._license_field = license_field
         self._default_license = default_license
         self._max_bytes = max_bytes
-        self._validation_percent = validation_percent
         self.stats = documents.DocumentStats()
-        super().__init__(read_file_fn=self._read_file, split_to_filepattern=split_to_filepattern)
-
-    def list_shards(self, split: str) -> Sequence[str]:
-        """Files of a split, sorted; globs (and lazy roots) are expanded on every call."""
-        return _expand(self._split_to_filepattern[split])
-
-    def get_dataset(self, split: str = "train", *args, **kwargs) -> tf.data.Dataset:
-        """The split's documents; see seqio.FileDataSource.get_dataset for the arguments."""
-        dataset = super().get_dataset(split, *args, **kwargs)
-        if self._validation_percent is None:
-            return dataset
-        want_validation = split == "validation"
-
-        def keep(example):
-            bucket = tf.strings.to_hash_bucket_fast(example["path"], 100)
-            return tf.equal(bucket < self._validation_percent, want_validation)
-
-        return dataset.filter(keep)
+        super().__init__(
+            read_file_fn=self._read_file,
+            split_to_filepattern=split_to_filepattern,
+            validation_percent=validation_percent,
+        )
 
     def _read_file(self, path: tf.Tensor) -> tf.data.Dataset:
         return tf.data.Dataset.from_generator(
@@ -224,3 +245,30 @@ class DocumentSource(seqio.FileDataSource):
                     number += 1
                     if document is not None:
                         yield document
+
+
+def _parse_document(record: tf.Tensor) -> dict[str, tf.Tensor]:
+    spec = {name: tf.io.FixedLenFeature([], tf.string) for name in OUTPUT_SIGNATURE}
+    return tf.io.parse_single_example(record, spec)
+
+
+class TFRecordDocumentSource(_DocumentFiles):
+    """Documents that ``codegen2_jax.data.materialize`` wrote as TFRecord shards.
+
+    Pure tf.data (no Python generator), so a pipeline over it can save and restore its
+    position, and it reads far faster than parsing jsonl or parquet in Python.
+
+    Args:
+      split_to_filepattern: split name → glob(s) of ``*.tfrecord`` shards, or a callable.
+      validation_percent: as for DocumentSource: carve "validation" out of "train" by the
+        same path hash, so a materialized copy keeps the source's split.
+    """
+
+    def __init__(
+        self, *, split_to_filepattern: Mapping[str, Pattern], validation_percent: int | None = None
+    ):
+        super().__init__(
+            read_file_fn=lambda path: tf.data.TFRecordDataset(path).map(_parse_document),
+            split_to_filepattern=split_to_filepattern,
+            validation_percent=validation_percent,
+        )
