@@ -77,28 +77,32 @@ def materialize(
     return stats
 
 
-_TASK = flags.DEFINE_string("task", None, "A registered task whose source is a DocumentSource.")
-_OUT_DIR = flags.DEFINE_string("out_dir", None, "Output directory.", required=True)
-_WORKER = flags.DEFINE_integer("worker", 0, "This worker's index.")
-_NUM_WORKERS = flags.DEFINE_integer("num_workers", 1, "Workers splitting the input files.")
-_MODULE = flags.DEFINE_list("module", ["tasks"], "Modules to import to register --task.")
-_GIN_BINDINGS = flags.DEFINE_multi_string("gin_bindings", [], "Gin bindings, e.g. data roots.")
+def define_flags() -> None:
+    """The command's flags; defined only when it runs, so importing the module defines none."""
+    flags.DEFINE_string("task", None, "A registered task whose source is a DocumentSource.")
+    flags.DEFINE_string("out_dir", None, "Output directory.")
+    flags.DEFINE_integer("worker", 0, "This worker's index.")
+    flags.DEFINE_integer("num_workers", 1, "Workers splitting the input files.")
+    flags.DEFINE_list("module", ["tasks"], "Modules to import to register --task.")
+    flags.DEFINE_multi_string("gin_bindings", [], "Gin bindings, e.g. data roots.")
+    flags.mark_flags_as_required(["task", "out_dir"])
 
 
 def main(argv: Sequence[str]) -> None:
     del argv
-    for module in _MODULE.value:
+    FLAGS = flags.FLAGS
+    for module in FLAGS.module:
         importlib.import_module(module)
-    gin.parse_config(_GIN_BINDINGS.value)
-    source = seqio.get_mixture_or_task(_TASK.value).source
+    gin.parse_config(FLAGS.gin_bindings)
+    source = seqio.get_mixture_or_task(FLAGS.task).source
     if not isinstance(source, sources.DocumentSource):
-        raise app.UsageError(f"{_TASK.value}'s source is not a DocumentSource")
+        raise app.UsageError(f"{FLAGS.task}'s source is not a DocumentSource")
     stats = materialize(
-        source, _OUT_DIR.value.rstrip("/"), worker=_WORKER.value, num_workers=_NUM_WORKERS.value
+        source, FLAGS.out_dir.rstrip("/"), worker=FLAGS.worker, num_workers=FLAGS.num_workers
     )
     logging.info("Done: %s", stats)
 
 
 if __name__ == "__main__":
-    flags.mark_flag_as_required("task")
+    define_flags()
     app.run(main)

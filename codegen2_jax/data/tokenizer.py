@@ -176,40 +176,44 @@ def limit_bytes(texts: Iterable[str], max_total_bytes: int) -> Iterator[str]:
         yield text
 
 
-_SOURCE = flags.DEFINE_list("source", [], "seqio task names whose sources give `text`.")
-_FILES = flags.DEFINE_string("files", None, "tf.io.gfile glob of text files.")
-_MODULE = flags.DEFINE_list("module", ["tasks"], "Modules to import to register --source.")
-_GIN_BINDINGS = flags.DEFINE_multi_string(
-    "gin_bindings", [], "Gin bindings the --source tasks read, e.g. their data roots."
-)
-_VOCAB_SIZE = flags.DEFINE_integer("vocab_size", 8192, "Total pieces, masks included.")
-_NUM_MASKS = flags.DEFINE_integer("num_masks", vocab.DEFAULT_NUM_MASKS, "<mask_N> pieces.")
-_MODEL_TYPE = flags.DEFINE_enum("model_type", "bpe", ["bpe", "unigram"], "Model type.")
-_MAX_INPUT_BYTES = flags.DEFINE_integer("max_input_bytes", 256 << 20, "Training text cap.")
-_OUT = flags.DEFINE_string("out", None, "Output .model path.", required=True)
+def define_flags() -> None:
+    """The command's flags; defined only when it runs, so importing the module defines none."""
+    flags.DEFINE_list("source", [], "seqio task names whose sources give `text`.")
+    flags.DEFINE_string("files", None, "tf.io.gfile glob of text files.")
+    flags.DEFINE_list("module", ["tasks"], "Modules to import to register --source.")
+    flags.DEFINE_multi_string(
+        "gin_bindings", [], "Gin bindings the --source tasks read, e.g. their data roots."
+    )
+    flags.DEFINE_integer("vocab_size", 8192, "Total pieces, masks included.")
+    flags.DEFINE_integer("num_masks", vocab.DEFAULT_NUM_MASKS, "<mask_N> pieces.")
+    flags.DEFINE_enum("model_type", "bpe", ["bpe", "unigram"], "Model type.")
+    flags.DEFINE_integer("max_input_bytes", 256 << 20, "Training text cap.")
+    flags.DEFINE_string("out", None, "Output .model path.", required=True)
 
 
 def main(argv: Sequence[str]) -> None:
     del argv
-    if bool(_SOURCE.value) == bool(_FILES.value):
+    FLAGS = flags.FLAGS
+    if bool(FLAGS.source) == bool(FLAGS.files):
         raise app.UsageError("Give exactly one of --source and --files.")
-    if _FILES.value:
-        texts = texts_from_files(_FILES.value)
+    if FLAGS.files:
+        texts = texts_from_files(FLAGS.files)
     else:
-        for module in _MODULE.value:
+        for module in FLAGS.module:
             importlib.import_module(module)
-        gin.parse_config(_GIN_BINDINGS.value)
-        texts = texts_from_tasks(_SOURCE.value)
+        gin.parse_config(FLAGS.gin_bindings)
+        texts = texts_from_tasks(FLAGS.source)
     model = train(
-        limit_bytes(texts, _MAX_INPUT_BYTES.value),
-        vocab_size=_VOCAB_SIZE.value,
-        num_masks=_NUM_MASKS.value,
-        model_type=_MODEL_TYPE.value,
+        limit_bytes(texts, FLAGS.max_input_bytes),
+        vocab_size=FLAGS.vocab_size,
+        num_masks=FLAGS.num_masks,
+        model_type=FLAGS.model_type,
     )
-    with tf.io.gfile.GFile(_OUT.value, "wb") as f:
+    with tf.io.gfile.GFile(FLAGS.out, "wb") as f:
         f.write(model)
-    logging.info("Wrote %s (%d bytes)", _OUT.value, len(model))
+    logging.info("Wrote %s (%d bytes)", FLAGS.out, len(model))
 
 
 if __name__ == "__main__":
+    define_flags()
     app.run(main)
