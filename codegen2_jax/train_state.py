@@ -53,7 +53,17 @@ def abstract_train_state(
     """(abstract TrainState of ShapeDtypeStructs, logical PartitionSpecs), nothing allocated."""
     init = functools.partial(_initial_state, model, optimizer, batch_shape)
     boxed = jax.eval_shape(init, jax.random.key(0))
-    return nn.unbox(boxed), nn.get_partition_spec(boxed)
+    return _unbox_shapes(boxed), nn.get_partition_spec(boxed)
+
+
+def _unbox_shapes(boxed):
+    # Shapes carry no data to constrain: unbox without a sharding constraint, which would
+    # otherwise fail on ShapeDtypeStructs whenever a mesh is active.
+    return jax.tree.map(
+        lambda x: x.unbox(apply_constraint=False) if isinstance(x, nn.Partitioned) else x,
+        boxed,
+        is_leaf=lambda x: isinstance(x, nn.Partitioned),
+    )
 
 
 def state_shardings(
