@@ -10,6 +10,10 @@
 - ``pile``: The Pile as distributed, ``<root>/train/*.jsonl.zst``, ``<root>/val.jsonl.zst``
   (``.jsonl`` and ``.jsonl.gz`` too; ``.zst`` needs the zstandard package);
   ``tasks.the_pile_root.path = ...``.
+
+The Stack and The Pile stream through Python parsers, so a pipeline over them cannot save
+its position; for long runs, materialize them to TFRecord shards (codegen2_jax.data.materialize)
+and declare the copy with sources.TFRecordDocumentSource.
 """
 
 import gin
