@@ -1,8 +1,10 @@
 """Tests of the code vocabulary: special ids, mask layout, decoding of specials."""
 
+import io
 import pickle
 
 import pytest
+import sentencepiece as spm
 import tensorflow as tf
 from t5.data import preprocessors as t5_preprocessors
 
@@ -79,3 +81,19 @@ def test_pickles_and_compares_equal(code_vocab):
     restored = pickle.loads(pickle.dumps(code_vocab))
     assert restored == vocab.default_vocabulary()
     assert restored.mask_id(3) == code_vocab.mask_id(3)
+
+
+def test_a_model_without_the_specials_is_refused(tmp_path):
+    model = io.BytesIO()
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(["plain text model"] * 10),
+        model_writer=model,
+        vocab_size=20,
+        hard_vocab_limit=False,
+        minloglevel=2,
+    )
+    (tmp_path / "plain.model").write_bytes(model.getvalue())
+    plain = vocab.CodeVocabulary(str(tmp_path / "plain.model"))
+    with pytest.raises(ValueError, match="<sep>"):
+        _ = plain.sep_id
+    assert plain.num_masks == 0
