@@ -5,11 +5,13 @@
 
 t5x conventions: gin files are found on the repo's gin/ search path, `--gin.NAME=VALUE`
 binds one value, and the full config is written to MODEL_DIR/config.gin before training (each
-checkpoint stores it too).
+checkpoint stores it too). The last logged metrics and the final evaluation go to
+MODEL_DIR/final_metrics.json.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 
@@ -62,6 +64,9 @@ def main(argv):
     write_config(model_dir, text)
     summary = gin_config.configured(train.train)(config_text=text)
     logging.info("finished: %s", {k: round(v, 4) for k, v in sorted(summary.items())})
+    if jax.process_index() == 0:
+        with open(os.path.join(model_dir, "final_metrics.json"), "w", encoding="utf-8") as f:
+            json.dump(summary, f, indent=1, sort_keys=True)
 
 
 def run():

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
+import os
 import time
 from collections.abc import Mapping
 
@@ -30,14 +32,60 @@ def model_flops_utilization(
     return tokens_per_s * flops / peak
 
 
+METRICS_FILE = "metrics.jsonl"
+
+
 def make_writer(model_dir: str):
-    """A clu MetricWriter: TensorBoard event files under model_dir on process 0, logs elsewhere."""
+    """A clu MetricWriter: TensorBoard events and metrics.jsonl under model_dir on process 0.
+
+    metrics.jsonl holds one {"step": ..., name: value} line per write, exact to the bit
+    (repr of the float), for scripts, plots and resume checks. A resumed run appends; read it
+    with read_metrics, where the last line for a step wins.
+    """
     # Imported here: clu's writers need TensorFlow, which GPU benchmark images lack.
     from clu import metric_writers
 
-    return metric_writers.create_default_writer(
+    writer = metric_writers.create_default_writer(
         model_dir, just_logging=jax.process_index() > 0, asynchronous=True
     )
+    if jax.process_index() > 0:
+        return writer
+    jsonl = JsonlWriter(os.path.join(model_dir, METRICS_FILE))
+    return metric_writers.MultiWriter([writer, jsonl])
+
+
+class JsonlWriter:
+    """Scalars as JSON lines (the clu MetricWriter methods the training loop uses)."""
+
+    def __init__(self, path: str):
+        self._file = open(path, "a", encoding="utf-8")  # noqa: SIM115 (closed by close())
+
+    def write_scalars(self, step: int, scalars: Mapping[str, float]) -> None:
+        record = {"step": int(step), **{k: float(v) for k, v in scalars.items()}}
+        self._file.write(json.dumps(record) + "\n")
+        self._file.flush()  # one line per log interval; a killed run keeps what it logged
+
+    def flush(self) -> None:
+        self._file.flush()
+
+    def close(self) -> None:
+        self._file.close()
+
+    def __getattr__(self, name):
+        # Images, histograms, texts and the like have no JSON form: accept and drop them.
+        if name.startswith("write_"):
+            return lambda *args, **kwargs: None
+        raise AttributeError(name)
+
+
+def read_metrics(model_dir: str) -> dict[int, dict[str, float]]:
+    """{step: {name: value}} from metrics.jsonl; later lines (a resumed run) override."""
+    by_step: dict[int, dict[str, float]] = {}
+    with open(os.path.join(model_dir, METRICS_FILE), encoding="utf-8") as f:
+        for line in f:
+            record = json.loads(line)
+            by_step.setdefault(record.pop("step"), {}).update(record)
+    return by_step
 
 
 @dataclasses.dataclass

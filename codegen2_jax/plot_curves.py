@@ -1,0 +1,58 @@
+"""Renders a run's loss curves (training, and held-out loss per task and objective) to a PNG.
+
+python -m codegen2_jax.plot_curves --model_dir=runs/demo [--out=runs/demo/loss_curves.png]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only; no display on training hosts
+from matplotlib import pyplot  # noqa: E402
+
+from codegen2_jax import metrics  # noqa: E402
+
+
+def loss_series(model_dir: str) -> dict[str, tuple[list[int], list[float]]]:
+    """{curve name: (steps, values)} for train/loss and every eval/<task>/loss."""
+    series: dict[str, tuple[list[int], list[float]]] = {}
+    for step, scalars in sorted(metrics.read_metrics(model_dir).items()):
+        for name, value in scalars.items():
+            if name == "train/loss" or (name.startswith("eval/") and name.endswith("/loss")):
+                steps, values = series.setdefault(name, ([], []))
+                steps.append(step)
+                values.append(value)
+    if not series:
+        raise ValueError(f"no loss values in {os.path.join(model_dir, metrics.METRICS_FILE)}")
+    return series
+
+
+def plot(model_dir: str, out: str) -> str:
+    figure, axes = pyplot.subplots(figsize=(8, 5))
+    for name, (steps, values) in sorted(loss_series(model_dir).items()):
+        label = name.removeprefix("eval/").removesuffix("/loss") + (
+            " (held out)" if name.startswith("eval/") else ""
+        )
+        axes.plot(steps, values, marker="o" if name.startswith("eval/") else None, label=label)
+    axes.set(xlabel="step", ylabel="loss (nats/token)", title=os.path.basename(model_dir))
+    axes.grid(alpha=0.3)
+    axes.legend()
+    figure.savefig(out, dpi=120, bbox_inches="tight")
+    pyplot.close(figure)
+    return out
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model_dir", required=True, help="The run's MODEL_DIR.")
+    parser.add_argument("--out", help="PNG path (default: MODEL_DIR/loss_curves.png).")
+    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    print(plot(args.model_dir, args.out or os.path.join(args.model_dir, "loss_curves.png")))
+
+
+if __name__ == "__main__":
+    main()
