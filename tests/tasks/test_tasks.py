@@ -175,3 +175,17 @@ def test_unknown_language_rate_is_rejected(bindings):
     bindings("tasks.the_stack_rates.rates = {'cobol': 1.0}")
     with pytest.raises(ValueError, match="cobol"):
         mixtures.the_stack_rates()
+
+
+def test_shipped_mixture_resumes_exactly(bindings, stdlib_dir):
+    bindings(f"tasks.stdlib_data_dir.path = '{stdlib_dir}'")
+    kwargs = dict(feature_lengths={"targets": 64}, batch_size=2, seed=11)
+    iterator = pipeline.make_iterator("stdlib_v1_nl_pl_mix", **kwargs)
+    next(iterator)
+    position = iterator.save_position()
+    expected = [next(iterator) for _ in range(2)]
+    resumed = pipeline.make_iterator("stdlib_v1_nl_pl_mix", **kwargs)
+    resumed.restore_position(position)
+    for batch in expected:
+        got = next(resumed)
+        assert all(np.array_equal(batch[name], got[name]) for name in batch)
