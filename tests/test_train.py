@@ -1,0 +1,100 @@
+"""End to end: a tiny run learns, SIGTERM saves and exits 0, SIGKILL chaos resumes exactly."""
+
+import os
+import random
+import signal
+import subprocess
+
+import numpy as np
+import pytest
+
+from codegen2_jax import gin_config, metrics, plot_curves, train
+from tests import training_runs
+
+
+@pytest.fixture(scope="module")
+def corpus_dir(tmp_path_factory):
+    return str(tmp_path_factory.mktemp("tfds"))
+
+
+def test_tiny_run_learns_and_writes_its_records(tmp_path, corpus_dir):
+    import tasks  # noqa: F401
+
+    model_dir = str(tmp_path / "run")
+    gin_config.parse(
+        ["experiments/tiny_cpu.gin"],
+        [
+            f"MODEL_DIR = '{model_dir}'",
+            f"tasks.stdlib_data_dir.path = '{corpus_dir}'",
+            "TRAIN_STEPS = 40",
+            "EVAL_TASKS = ['stdlib_py_v1_causal', 'stdlib_py_v1_span_infill']",
+            "EVAL_EVERY = 20",
+            "EVAL_BATCHES = 2",
+            "train.train.log_every = 5",
+            "train.train.checkpoint_every = 20",
+        ],
+    )
+    summary = gin_config.configured(train.train)()  # 8 fake devices: a sharded batch
+    losses = [m["train/loss"] for _, m in sorted(metrics.read_metrics(model_dir).items())]
+    losses = [x for x in losses if x == x]  # eval-only lines have no train loss
+    assert losses[-1] < losses[0] - 1.0, losses
+    assert set(summary) >= {"loss", "eval/stdlib_py_v1_causal/loss"}
+    assert sorted(os.listdir(os.path.join(model_dir, "checkpoints")))[:2] == ["20", "40"]
+    assert any(name.startswith("events.out.tfevents") for name in os.listdir(model_dir))
+    png = plot_curves.plot(model_dir, str(tmp_path / "curves.png"))
+    assert os.path.getsize(png) > 10_000
+
+
+def test_sigterm_saves_the_current_step_and_exits_zero(tmp_path, corpus_dir):
+    model_dir = tmp_path / "run"
+    bindings = ("--gin.TRAIN_STEPS=100000", "--gin.train.train.checkpoint_every=100000")
+    process = training_runs.start(model_dir, corpus_dir, *bindings, "--gin.train.train.log_every=1")
+    training_runs.wait_for_progress(process, model_dir, after=3)
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(timeout=120) == 0
+    step, _ = training_runs.restore_final_state(model_dir)
+    assert step >= 4 and step == max(metrics.read_metrics(model_dir))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("seed", [0, 1])
+def test_sigkill_chaos_resume_is_bitwise_identical(tmp_path, corpus_dir, seed):
+    """Kills a real training process at random moments (many during async saves, which run
+    every step); restarted each time, it must reproduce the uninterrupted run bit for bit."""
+    steps, kills_wanted = 200, 10
+    bindings = (
+        f"--gin.TRAIN_STEPS={steps}",
+        "--gin.train.train.checkpoint_every=2",
+        "--gin.train.train.log_every=1",
+    )
+    reference, chaos = tmp_path / "reference", tmp_path / "chaos"
+    training_runs.run_to_completion(reference, corpus_dir, *bindings)
+
+    rng, kills = random.Random(seed), 0
+    while kills < kills_wanted:
+        process = training_runs.start(chaos, corpus_dir, *bindings)
+        seen = training_runs.logged_steps(chaos)
+        if not training_runs.wait_for_progress(process, chaos, after=seen):
+            break  # finished on its own
+        time_to_kill = rng.uniform(0.0, 1.5)
+        try:
+            process.wait(timeout=time_to_kill)
+            break
+        except subprocess.TimeoutExpired:  # still running: kill it mid-flight
+            process.send_signal(signal.SIGKILL)
+            process.wait()
+            kills += 1
+    training_runs.run_to_completion(chaos, corpus_dir, *bindings)
+
+    assert kills == kills_wanted, "the run finished before enough kills; raise TRAIN_STEPS"
+    expected = {s: m["train/loss"] for s, m in metrics.read_metrics(reference).items()}
+    got = {s: m["train/loss"] for s, m in metrics.read_metrics(chaos).items()}
+    assert got == expected  # exact float equality, every step
+    ref_step, ref_state = training_runs.restore_final_state(reference)
+    chaos_step, chaos_state = training_runs.restore_final_state(chaos)
+    assert ref_step == chaos_step == steps
+    differing = sum(
+        int(np.sum(a.view(np.uint8) != b.view(np.uint8)))
+        for a, b in zip(ref_state, chaos_state, strict=True)
+    )
+    assert differing == 0, f"{differing} bytes differ"

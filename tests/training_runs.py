@@ -1,0 +1,98 @@
+"""Helpers for tests that run the real training entry point in subprocesses."""
+
+import os
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+
+from codegen2_jax import checkpointing, gin_config, metrics, optim, partitioning, train_state
+from codegen2_jax.model import Decoder, TransformerConfig
+
+REPO = gin_config.GIN_DIR.parent
+
+
+def subprocess_env() -> dict[str, str]:
+    """One CPU device per run (fast, and identical between runs being compared)."""
+    env = dict(os.environ, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="3")
+    env["XLA_FLAGS"] = env.get("XLA_FLAGS", "").replace(
+        "--xla_force_host_platform_device_count=8", ""
+    )
+    return env
+
+
+def train_command(model_dir, data_dir, *bindings: str) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "codegen2_jax.main",
+        "--gin_file=experiments/tiny_cpu.gin",
+        f"--gin.MODEL_DIR='{model_dir}'",
+        f"--gin.tasks.stdlib_data_dir.path='{data_dir}'",
+        *bindings,
+    ]
+
+
+def start(model_dir, data_dir, *bindings: str, log=None) -> subprocess.Popen:
+    return subprocess.Popen(
+        train_command(model_dir, data_dir, *bindings),
+        cwd=REPO,
+        env=subprocess_env(),
+        stdout=log or subprocess.DEVNULL,
+        stderr=subprocess.STDOUT,
+    )
+
+
+def run_to_completion(model_dir, data_dir, *bindings: str, timeout: float = 600) -> None:
+    log_path = os.path.join(model_dir, "..", os.path.basename(str(model_dir)) + ".log")
+    with open(log_path, "ab") as log:
+        process = start(model_dir, data_dir, *bindings, log=log)
+        code = process.wait(timeout=timeout)
+    if code:
+        with open(log_path, encoding="utf-8", errors="replace") as f:
+            tail = f.read()[-4000:]
+        raise AssertionError(f"training exited with {code}:\n{tail}")
+
+
+def logged_steps(model_dir) -> int:
+    """Lines in metrics.jsonl so far (0 before the first log)."""
+    path = os.path.join(model_dir, metrics.METRICS_FILE)
+    if not os.path.exists(path):
+        return 0
+    with open(path, encoding="utf-8") as f:
+        return sum(1 for _ in f)
+
+
+def wait_for_progress(process, model_dir, after: int, timeout: float = 300) -> bool:
+    """Waits until metrics.jsonl has more than `after` lines; False if the process ended."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if logged_steps(model_dir) > after:
+            return True
+        if process.poll() is not None:
+            return False
+        time.sleep(0.05)
+    raise TimeoutError(f"no training progress in {model_dir} within {timeout} s")
+
+
+def tiny_config() -> TransformerConfig:
+    gin_config.parse(["experiments/tiny_cpu.gin"], ["MODEL_DIR = '/unused'"])
+    return gin_config.configured(TransformerConfig)()
+
+
+def restore_final_state(model_dir):
+    """The newest valid checkpoint's state as host numpy arrays (single device)."""
+    config = tiny_config()
+    optimizer = gin_config.configured(optim.make_optimizer)()
+    partitioner = partitioning.make_partitioner(rules=(), data=1, devices=jax.devices()[:1])
+    abstract, shardings = train_state.state_shardings(
+        Decoder(config), optimizer, (8, 64), partitioner
+    )
+    checkpointer = checkpointing.Checkpointer(os.path.join(model_dir, "checkpoints"))
+    try:
+        restored = checkpointer.restore_latest(abstract, shardings)
+    finally:
+        checkpointer.close()
+    return restored.step, [np.asarray(x) for x in jax.tree.leaves(restored.state)]
