@@ -35,6 +35,27 @@ def make_attention_mask(
     return mask[:, None]
 
 
+def make_decode_mask(
+    start: jax.Array, query_segment_ids: jax.Array, key_segment_ids: jax.Array
+) -> jax.Array:
+    """Boolean mask [batch, 1, T, cache_length] of T new tokens against a KV cache.
+
+    A query in cache slot start + i attends to slot j when j <= start + i and both carry the
+    same segment id; left padding (segment 0) thus never mixes with a row's tokens, and slots
+    not yet written lie in the future.
+
+    Args:
+      start: int scalar, the cache slot of the first new token.
+      query_segment_ids: int [batch, T], segment ids of the new tokens.
+      key_segment_ids: int [batch, cache_length], segment ids of every cache slot.
+    """
+    query_slots = start + jnp.arange(query_segment_ids.shape[1])
+    key_slots = jnp.arange(key_segment_ids.shape[1])
+    causal = key_slots[None, :] <= query_slots[:, None]  # [T, S]
+    same = query_segment_ids[:, :, None] == key_segment_ids[:, None, :]  # [B, T, S]
+    return (causal[None] & same)[:, None]
+
+
 def rotary_tables(positions: jax.Array, rotary_dim: int) -> tuple[jax.Array, jax.Array]:
     """sin and cos [batch, T, 1, rotary_dim / 2] for integer positions [batch, T] (fp32)."""
     inv_freq = 1.0 / (10000.0 ** (jnp.arange(0, rotary_dim, 2, dtype=jnp.float32) / rotary_dim))

@@ -1,7 +1,12 @@
-"""The CodeGen block: one LayerNorm feeding attention and MLP in parallel.
+"""The CodeGen block: one LayerNorm feeding attention and MLP in parallel, and its KV cache.
 
 Every parameter carries logical axis names (nn.with_logical_partitioning) and every large
 activation a logical constraint; partitioning.py maps the names onto the device mesh.
+
+Decoding (cache_index given) keeps each layer's keys and values in the "cache" collection,
+[batch, cache_length, heads, head_dim] in the compute dtype, written at slots
+cache_index .. cache_index + T - 1; the cache length is the length of the input the cache was
+initialised with (Decoder.init_cache).
 """
 
 from __future__ import annotations
@@ -55,7 +60,21 @@ class SelfAttention(nn.Module):
     config: TransformerConfig
 
     @nn.compact
-    def __call__(self, x: jax.Array, mask: jax.Array | None, positions: jax.Array) -> jax.Array:
+    def __call__(
+        self,
+        x: jax.Array,
+        mask: jax.Array | None,
+        positions: jax.Array,
+        cache_index: jax.Array | None = None,
+    ) -> jax.Array:
+        """Attention over x [batch, T, d], or over the cache when cache_index is given.
+
+        Args:
+          x: [batch, T, d].
+          mask: [batch | 1, 1, T, T] (training) or [batch, 1, T, cache_length] (decoding).
+          positions: int [batch, T] rotary positions.
+          cache_index: int scalar, the cache slot of x's first token; None when not decoding.
+        """
         cfg = self.config
         qkv = Projection(
             cfg,
@@ -68,7 +87,12 @@ class SelfAttention(nn.Module):
         q, k, v = (nn.with_logical_constraint(qkv[:, :, i], heads_axes) for i in range(3))
         sin, cos = attention.rotary_tables(positions, cfg.rotary_dim)
         q, k = attention.apply_rotary(q, sin, cos), attention.apply_rotary(k, sin, cos)
-        if cfg.attention_impl == "cudnn":
+        if cache_index is not None:
+            # One query row per new token against the whole cache: memory-bound, so the
+            # einsum path serves every backend.
+            k, v = self._update_cache(k, v, cache_index)
+            out = attention.xla_attention(q, k, v, mask)
+        elif cfg.attention_impl == "cudnn":
             out = attention.fused_attention(q, k, v, mask, implementation="cudnn")
         else:
             out = attention.xla_attention(q, k, v, mask)
@@ -80,6 +104,17 @@ class SelfAttention(nn.Module):
             equation="bthk,hkd->btd",
             name="out",
         )(out)
+
+    def _update_cache(self, k: jax.Array, v: jax.Array, index: jax.Array):
+        """Writes k, v [batch, T, H, hd] at slot index; returns the whole cache (k and v)."""
+        axes = (BATCH, "activation_cache_length", "activation_heads", "activation_kv")
+        out = []
+        for name, new in (("key", k), ("value", v)):
+            cached = self.variable("cache", name, jnp.zeros, new.shape, new.dtype)
+            updated = jax.lax.dynamic_update_slice(cached.value, new, (0, index, 0, 0))
+            cached.value = nn.with_logical_constraint(updated, axes)
+            out.append(cached.value)
+        return out
 
 
 class Mlp(nn.Module):
@@ -119,10 +154,16 @@ class Block(nn.Module):
     scanned: bool = False
 
     @nn.compact
-    def __call__(self, x: jax.Array, mask: jax.Array | None, positions: jax.Array):
+    def __call__(
+        self,
+        x: jax.Array,
+        mask: jax.Array | None,
+        positions: jax.Array,
+        cache_index: jax.Array | None = None,
+    ):
         x = nn.with_logical_constraint(x, (BATCH, LENGTH, "activation_embed"))
         h = layer_norm(self.config, "ln")(x)
-        out = x + SelfAttention(self.config, name="attn")(h, mask, positions)
+        out = x + SelfAttention(self.config, name="attn")(h, mask, positions, cache_index)
         out = out + Mlp(self.config, name="mlp")(h)
         out = nn.with_logical_constraint(out.astype(x.dtype), (BATCH, LENGTH, "activation_embed"))
         return (out, None) if self.scanned else out
