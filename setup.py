@@ -70,6 +70,7 @@ setuptools.setup(
             "codegen2-hf=codegen2_jax.hf_cli:main",
             "codegen2-aot=codegen2_jax.aot:main",
             "codegen2-bench=codegen2_jax.benchmark:main",
+            "codegen2-sample=codegen2_jax.sample_cli:main",
         ],
     },
 )

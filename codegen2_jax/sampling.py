@@ -333,3 +333,21 @@ def infill(
             more = [vocab.mask_id(n + 1)] if masks[row] > n else []
             prompts[row] = prompts[row] + middle + [vocab.eom_id] + more
     return fills
+
+
+def complete(
+    generate: Callable[..., SampleOutput],
+    params,
+    vocab: InfillVocabulary,
+    prompts: Sequence[str],
+    *,
+    rng: jax.Array,
+    max_new_tokens: int,
+    pad_multiple: int = 64,
+) -> list[str]:
+    """Continues each prompt until <|endoftext|> or max_new_tokens; returns the new text."""
+    tokens, lengths = left_pad([vocab.encode(p) for p in prompts], multiple=pad_multiple)
+    stops = stop_token_array([[vocab.eos_id]] * len(prompts))
+    limits = np.full(len(prompts), max_new_tokens, np.int32)
+    out = jax.device_get(generate(params, tokens, lengths, stops, limits, rng))
+    return [vocab.decode(generated(out, row)) for row in range(len(prompts))]

@@ -1,0 +1,217 @@
+"""Sampling command line: completion or infill from a training checkpoint or a Hugging Face model.
+
+  python -m codegen2_jax.sample_cli --checkpoint_dir=MODEL_DIR/checkpoints --prompt='def f(x):'
+  python -m codegen2_jax.sample_cli --hf_dir=codegen2-1B --hf_tokenizer \
+      --prefix='def add(a, b):' --suffix='    return c'
+
+A training checkpoint (Checkpointer directory, usually MODEL_DIR/checkpoints) carries the gin
+config it was trained with; its TransformerConfig bindings rebuild the model. An imported
+Hugging Face CodeGen / CodeGen2 directory (config.json plus weights) describes itself; its
+tokenizer is used with --hf_tokenizer (files in that directory, read offline), otherwise the
+shipped code vocabulary. Prints one JSON line per sample.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import dataclasses
+import json
+import re
+from collections.abc import Sequence
+
+import gin
+import jax
+import orbax.checkpoint as ocp
+
+from codegen2_jax import checkpointing, gin_config, hf, optim, partitioning, sampling, train_state
+from codegen2_jax.model import Decoder, TransformerConfig
+
+MODEL_IMPORT = "from codegen2_jax.model import config"
+_MACRO = re.compile(r"([A-Z][A-Z0-9_]*)\s*=\s*(.+)", re.DOTALL)
+
+
+def make_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--checkpoint_dir", help="A training Checkpointer directory.")
+    source.add_argument("--hf_dir", help="A Hugging Face CodeGen / CodeGen2 checkpoint directory.")
+    parser.add_argument(
+        "--hf_tokenizer", action="store_true", help="Use --hf_dir's own tokenizer (offline)."
+    )
+    parser.add_argument("--mp_num", type=int, help="qkv grouping of --hf_dir (default: inferred).")
+    parser.add_argument("--prompt", help="Complete this text.")
+    parser.add_argument("--prefix", help="Infill between --prefix and --suffix.")
+    parser.add_argument("--suffix", help="Infill between --prefix and --suffix.")
+    parser.add_argument("--temperature", type=float, default=0.0, help="0: greedy.")
+    parser.add_argument("--top_p", type=float, default=1.0)
+    parser.add_argument("--top_k", type=int, default=0)
+    parser.add_argument("--max_new_tokens", type=int, default=128)
+    parser.add_argument("--num_samples", type=int, default=1)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--dtype", help="Compute dtype (default: the model's).")
+    return parser
+
+
+def gin_statements(text: str) -> list[str]:
+    """A gin config text split into statements (continuation lines joined, comments dropped)."""
+    statements, current, depth = [], [], 0
+    for line in text.splitlines():
+        if not current and (not line.strip() or line.lstrip().startswith("#")):
+            continue
+        current.append(line)
+        depth += sum(line.count(c) for c in "([{") - sum(line.count(c) for c in ")]}")
+        if depth <= 0:
+            statements.append("\n".join(current))
+            current, depth = [], 0
+    return statements
+
+
+def _is_model_statement(statement: str) -> bool:
+    # Only what TransformerConfig reads: other bindings name modules (tasks, train) whose
+    # import would need TensorFlow, and are of no use here.
+    if statement.startswith(("from __gin__", MODEL_IMPORT, "config.TransformerConfig.")):
+        return True
+    macro = _MACRO.fullmatch(statement)
+    if macro is None:
+        return False
+    value = macro.group(2).strip()
+    try:
+        ast.literal_eval(value)
+        return True
+    except (ValueError, SyntaxError):
+        return re.fullmatch(r"%[\w.]+", value) is not None
+
+
+def model_config_from_gin(text: str) -> TransformerConfig:
+    """The TransformerConfig that a saved gin config text binds (its other bindings ignored)."""
+    gin.clear_config(clear_constants=True)
+    gin.parse_config("\n".join(s for s in gin_statements(text) if _is_model_statement(s)))
+    return gin_config.configured(TransformerConfig)()
+
+
+def _single_device() -> partitioning.Partitioner:
+    return partitioning.make_partitioner(rules=(), data=1, devices=jax.local_devices()[:1])
+
+
+def restore_checkpoint(directory: str, config: TransformerConfig):
+    """Parameters of the newest valid step in a Checkpointer directory, on one device.
+
+    The optimizer state is restored too (restore_latest checks the whole TrainState);
+    make_optimizer's defaults give it the same structure whatever the run's hyperparameters.
+    """
+    model = Decoder(config)
+    shape = (1, 1)
+    abstract, shardings = train_state.state_shardings(
+        model, optim.make_optimizer(), shape, _single_device()
+    )
+    with checkpointing.Checkpointer(directory, async_save=False) as checkpointer:
+        restored = checkpointer.restore_latest(abstract, shardings)
+    if restored is None:
+        raise FileNotFoundError(f"no valid checkpoint in {directory}")
+    if model_config_from_gin(restored.gin_config) != config:
+        raise ValueError(f"step {restored.step} in {directory} was trained with another model")
+    return restored.state.params
+
+
+def latest_gin_config(directory: str) -> str:
+    """The gin config text stored with the newest committed step of a Checkpointer directory."""
+    manager = ocp.CheckpointManager(
+        directory, item_handlers={checkpointing.MANIFEST: ocp.handlers.JsonCheckpointHandler()}
+    )
+    try:
+        if manager.latest_step() is None:
+            raise FileNotFoundError(f"no committed checkpoint in {directory}")
+        args = ocp.args.Composite(**{checkpointing.MANIFEST: ocp.args.JsonRestore()})
+        manifest = manager.restore(manager.latest_step(), args=args)[checkpointing.MANIFEST]
+    finally:
+        manager.close()
+    return manifest["gin_config"]
+
+
+class HFTokenizerVocabulary:
+    """The sampling vocabulary interface over a transformers tokenizer (CodeGen2's names).
+
+    Args:
+      directory: holds the tokenizer files; read offline.
+    """
+
+    def __init__(self, directory: str):
+        import transformers  # optional: only this tokenizer needs it
+
+        self.tokenizer = transformers.AutoTokenizer.from_pretrained(
+            directory, local_files_only=True
+        )
+        self.eos_id = self.tokenizer.eos_token_id
+        self.sep_id = self._special_id("<sep>")
+        self.eom_id = self._special_id("<eom>")
+
+    def _special_id(self, token: str) -> int:
+        token_id = self.tokenizer.convert_tokens_to_ids(token)
+        if token_id is None or token_id == self.tokenizer.unk_token_id:
+            raise ValueError(f"the tokenizer has no {token} token")
+        return token_id
+
+    def encode(self, text: str) -> list[int]:
+        return self.tokenizer.encode(text, add_special_tokens=False)
+
+    def decode(self, ids: Sequence[int]) -> str:
+        return self.tokenizer.decode(ids)
+
+    def mask_id(self, n: int) -> int:
+        return self._special_id(f"<mask_{n}>")
+
+
+def load_model(args: argparse.Namespace):
+    """(params, TransformerConfig) from --checkpoint_dir or --hf_dir, with --dtype applied."""
+    if args.checkpoint_dir:
+        config = model_config_from_gin(latest_gin_config(args.checkpoint_dir))
+        params = restore_checkpoint(args.checkpoint_dir, config)
+    else:
+        params, config = hf.import_checkpoint(args.hf_dir, args.mp_num)
+    if args.dtype:
+        config = dataclasses.replace(config, dtype=args.dtype)
+    return params, config
+
+
+def load_vocabulary(args: argparse.Namespace) -> sampling.InfillVocabulary:
+    if args.hf_tokenizer:
+        if not args.hf_dir:
+            raise ValueError("--hf_tokenizer reads the tokenizer of --hf_dir")
+        return HFTokenizerVocabulary(args.hf_dir)
+    from codegen2_jax.data import vocab  # imports seqio and TensorFlow
+
+    return vocab.default_vocabulary()
+
+
+def run(args: argparse.Namespace) -> list[dict]:
+    """Samples as the arguments ask; one record per sample."""
+    if (args.prompt is None) == (args.prefix is None and args.suffix is None):
+        raise ValueError("give either --prompt, or --prefix and/or --suffix")
+    params, config = load_model(args)
+    vocab = load_vocabulary(args)
+    generate = sampling.make_generate(
+        config,
+        max_new_tokens=args.max_new_tokens,
+        temperature=args.temperature,
+        top_k=args.top_k,
+        top_p=args.top_p,
+    )
+    rng, n = jax.random.key(args.seed), args.num_samples
+    common = dict(rng=rng, max_new_tokens=args.max_new_tokens)
+    if args.prompt is not None:
+        texts = sampling.complete(generate, params, vocab, [args.prompt] * n, **common)
+        return [{"prompt": args.prompt, "completion": text} for text in texts]
+    segments = [args.prefix or "", args.suffix or ""]
+    fills = sampling.infill(generate, params, vocab, [segments] * n, **common)
+    return [{"prefix": segments[0], "suffix": segments[1], "middle": f[0]} for f in fills]
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Console entry point (codegen2-sample)."""
+    for record in run(make_parser().parse_args(argv)):
+        print(json.dumps(record), flush=True)
+
+
+if __name__ == "__main__":
+    main()
