@@ -242,9 +242,7 @@ class Checkpointer:
             )
         state = _agreed(lambda: self._read(step, STATE, ocp.args.StandardRestore(target)))
         _verify(manifest["arrays"], state)
-        data_position = _agreed(
-            lambda: self._read(step, DATA_POSITION, process_blobs.ProcessBlobRestore())
-        )
+        data_position = _agreed(lambda: self._read_data_position(step))
         logging.info("restored checkpoint step %d from %s", step, self.directory)
         return RestoredCheckpoint(state, data_position, manifest["gin_config"], step)
 
@@ -255,6 +253,12 @@ class Checkpointer:
         if manifest["step"] != step:
             raise _UnusableStep(f"the manifest belongs to step {manifest['step']}")
         return manifest
+
+    def _read_data_position(self, step: int) -> bytes:
+        blob, problem = self._read(step, DATA_POSITION, process_blobs.ProcessBlobRestore())
+        if problem is not None:
+            raise _UnusableStep(f"unusable data position: {problem}")
+        return blob
 
     def _read(self, step: int, name: str, args: ocp.args.CheckpointArgs):
         """One item of a step; any failure to read it makes the step unusable."""
@@ -280,11 +284,13 @@ class Checkpointer:
             self._set_aside(path, "half-written: the save never committed")
 
     def _set_aside(self, path: epath.Path, reason: str) -> None:
-        destination = self.directory / SET_ASIDE_DIR / f"{path.name}.{_utc_stamp()}"
-        logging.error("checkpoint %s is unusable (%s); moved to %s", path, reason, destination)
+        set_aside = self.directory / SET_ASIDE_DIR
+        logging.error("checkpoint %s is unusable (%s); moving it into %s", path, reason, set_aside)
         if jax.process_index() == 0:  # one process moves it; the barrier holds the others
-            destination.parent.mkdir(parents=True, exist_ok=True)
+            set_aside.mkdir(parents=True, exist_ok=True)
+            destination = set_aside / f"{path.name}.{_utc_stamp()}"
             path.rename(destination)
+            logging.info("moved %s to %s", path, destination)
         ocp.multihost.sync_global_processes(f"codegen2_jax.checkpointing:set_aside:{path.name}")
         self._manager.reload()
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import re
+from typing import NamedTuple
 
 import jax
 import orbax.checkpoint as ocp
@@ -29,7 +31,17 @@ class ProcessBlobSave(ocp.args.CheckpointArgs):
 
 @dataclasses.dataclass
 class ProcessBlobRestore(ocp.args.CheckpointArgs):
-    """Restore args: returns this process's byte string."""
+    """Restore args: returns this process's byte string as a BlobRead."""
+
+
+class BlobRead(NamedTuple):
+    """A restored byte string, or None and the reason it is unusable."""
+
+    blob: bytes | None
+    problem: str | None
+
+
+_NAME = re.compile(r"process_\d+-of-(\d+)\.bin")
 
 
 def _paths(directory: epath.Path) -> tuple[epath.Path, epath.Path]:
@@ -57,22 +69,26 @@ class ProcessBlobHandler(ocp.handlers.AsyncCheckpointHandler):
         """Writes synchronously."""
         self._write(directory, bytes(args.blob))
 
-    def restore(self, directory: epath.Path, args: ProcessBlobRestore | None = None) -> bytes:
-        """This process's byte string.
+    def restore(self, directory: epath.Path, args: ProcessBlobRestore | None = None) -> BlobRead:
+        """This process's byte string, or why it cannot be used.
+
+        Damage is reported, not raised: orbax ends each restore with a collective barrier,
+        and a process that raised alone would leave the others waiting at it.
 
         Raises:
-          ProcessCountError: it was saved by a different number of processes.
-          ValueError: its bytes do not match their digest.
+          ProcessCountError: saved by a different number of processes (every process sees it).
         """
+        counts = {int(m[1]) for p in directory.iterdir() if (m := _NAME.fullmatch(p.name))}
+        if counts and counts != {jax.process_count()}:
+            raise ProcessCountError(
+                f"{directory} was saved by a {'/'.join(map(str, sorted(counts)))}-process run; "
+                f"this run has {jax.process_count()}"
+            )
         data_path, digest_path = _paths(directory)
-        if not data_path.exists():
-            saved = sorted(path.name for path in directory.glob("process_*.bin"))
-            if saved:
-                raise ProcessCountError(
-                    f"{directory} was saved by other processes ({', '.join(saved)}); "
-                    f"this is {data_path.stem}"
-                )
-        blob = data_path.read_bytes()
-        if hashlib.sha256(blob).hexdigest() != digest_path.read_text().strip():
-            raise ValueError(f"{data_path} does not match its SHA-256 digest")
-        return blob
+        try:
+            blob, digest = data_path.read_bytes(), digest_path.read_text().strip()
+        except OSError as e:
+            return BlobRead(None, f"{data_path.name}: {type(e).__name__}: {e}")
+        if hashlib.sha256(blob).hexdigest() != digest:
+            return BlobRead(None, f"{data_path.name} does not match its SHA-256 digest")
+        return BlobRead(blob, None)

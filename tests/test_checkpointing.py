@@ -6,10 +6,15 @@ process would.
 """
 
 import asyncio
+import json
 import logging
 import os
 import pathlib
+import socket
+import subprocess
+import sys
 import threading
+import time
 
 import jax
 import jax.numpy as jnp
@@ -17,8 +22,9 @@ import numpy as np
 import optax
 import orbax.checkpoint as ocp
 import pytest
+from jax.experimental import multihost_utils
 
-from codegen2_jax import checkpointing, partitioning, train_state
+from codegen2_jax import checkpointing, checksums, partitioning, train_state
 from codegen2_jax.model import Decoder, TransformerConfig
 
 CONFIG = TransformerConfig(
@@ -29,8 +35,7 @@ DATA_POSITION = np.random.default_rng(0).bytes(4 << 20)  # real positions reach 
 GIN_CONFIG = "# operative config\ntrain.num_steps = 10\nNAME = 'κ→∞'\n"
 
 
-@pytest.fixture(scope="module")
-def setup():
+def make_states():
     """(abstract state, shardings, two different states with the same layout)."""
     model, optimizer = Decoder(CONFIG), optax.adamw(1e-3)
     partitioner = partitioning.make_partitioner(
@@ -40,6 +45,11 @@ def setup():
     first = train_state.init_train_state(model, optimizer, BATCH_SHAPE, partitioner, seed=0)
     second = jax.tree.map(lambda x: x + 1, first)  # elementwise: keeps every leaf's sharding
     return abstract, shardings, first, second
+
+
+@pytest.fixture(scope="module")
+def setup():
+    return make_states()
 
 
 def assert_bit_identical(actual, expected):
@@ -218,9 +228,10 @@ def edit_manifest(step_dir, _reference):
 
 
 def edit_data_position(step_dir, _reference):
-    path = step_dir / checkpointing.DATA_POSITION / "process_0-of-1.bin"
+    name = f"process_{jax.process_index()}-of-{jax.process_count()}.bin"
+    path = step_dir / checkpointing.DATA_POSITION / name
     data = bytearray(path.read_bytes())
-    data[1000] ^= 0x01
+    data[len(data) // 2] ^= 0x01
     path.write_bytes(bytes(data))
 
 
@@ -314,7 +325,9 @@ def test_restoring_with_a_different_process_count_is_refused(tmp_path, setup):
     save_steps(tmp_path, {1: first})
     for path in (tmp_path / "1" / checkpointing.DATA_POSITION).glob("process_0-of-1.*"):
         path.rename(path.with_name(path.name.replace("-of-1", "-of-2")))
-    with pytest.raises(checkpointing.CheckpointMismatchError, match="process_0-of-2.bin"):
+    with pytest.raises(
+        checkpointing.CheckpointMismatchError, match="saved by a 2-process run; this run has 1"
+    ):
         restore(tmp_path, setup)
     assert set_aside_names(tmp_path) == []
 
@@ -327,3 +340,71 @@ def test_non_finite_state_is_refused(tmp_path, setup):
         with pytest.raises(checkpointing.NonFiniteStateError, match=name):
             ckpt.save(1, poisoned, DATA_POSITION, GIN_CONFIG)
         assert ckpt.all_steps() == []
+
+
+def two_process_worker(process_id: int, port: int, directory: str):
+    """One of two processes sharing an 8-device mesh (4 fake CPU devices each)."""
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    jax.distributed.initialize(f"127.0.0.1:{port}", num_processes=2, process_id=process_id)
+    abstract, shardings, first, second = make_states()
+
+    def summary(restored):
+        saved = {1: first, 2: second}[restored.step]
+        same = checksums.fingerprint(restored.state) == checksums.fingerprint(saved)
+        return [restored.step, restored.data_position.decode(), same]
+
+    with checkpointing.Checkpointer(directory) as ckpt:
+        for step, state in ((1, first), (2, second)):
+            ckpt.save(step, state, f"host {process_id} at {step}".encode(), GIN_CONFIG)
+        results = {"intact": summary(ckpt.restore_latest(abstract, shardings))}
+        if process_id == 1:
+            edit_data_position(pathlib.Path(directory, "2"), None)
+        multihost_utils.sync_global_devices("damaged")
+        results["host 1 position damaged"] = summary(ckpt.restore_latest(abstract, shardings))
+    print(json.dumps(results))
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def run_together(commands, env, timeout):
+    """Stdout of each command; the first failure kills the rest (they would wait at barriers)."""
+    workers = [subprocess.Popen(c, env=env, stdout=subprocess.PIPE, text=True) for c in commands]
+    deadline = time.monotonic() + timeout
+    try:
+        while any(w.poll() is None for w in workers):
+            failed = any(w.returncode not in (None, 0) for w in workers)
+            assert not failed and time.monotonic() < deadline, "a worker failed or timed out"
+            time.sleep(0.2)
+        assert [w.returncode for w in workers] == [0] * len(workers)
+        return [w.stdout.read() for w in workers]
+    finally:
+        for w in workers:
+            w.kill()
+            w.stdout.close()
+
+
+@pytest.mark.slow
+def test_two_processes_each_restore_their_own_data_position(tmp_path):
+    """Arrays span both processes (multi-host checksums); damage on one host sets aside for all."""
+    env = dict(
+        os.environ,
+        XLA_FLAGS="--xla_force_host_platform_device_count=4",
+        PYTHONPATH=str(pathlib.Path(__file__).resolve().parents[1]),
+    )
+    command = [sys.executable, __file__, str(free_port()), str(tmp_path)]
+    outputs = run_together([[*command, str(i)] for i in range(2)], env, timeout=90)
+    for i, output in enumerate(outputs):
+        assert json.loads(output.splitlines()[-1]) == {
+            "intact": [2, f"host {i} at 2", True],
+            "host 1 position damaged": [1, f"host {i} at 1", True],
+        }
+    assert [name.split(".")[0] for name in set_aside_names(tmp_path)] == ["2"]
+
+
+if __name__ == "__main__":
+    port, directory, process_id = sys.argv[1:]
+    two_process_worker(int(process_id), int(port), directory)
