@@ -1,11 +1,33 @@
-"""Processes by uid: find them in /proc and kill them all (the sandbox's after-run sweep)."""
+"""Processes by uid: reserve a dedicated uid, find its processes in /proc, kill them all."""
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
+import socket
 import subprocess
 import time
+
+
+def reserve_uid(base: int, count: int) -> tuple[int, socket.socket] | None:
+    """Reserves a uid in [base, base + count) machine-wide; None if all are taken.
+
+    The reservation is an abstract unix socket bound to a name derived from the uid: binding is
+    atomic across threads and processes, and the name vanishes with the socket, so a crashed
+    harness frees its uids. Close the returned socket to release the uid.
+    """
+    for uid in range(base, base + count):
+        lease = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            lease.bind(f"\0codegen2_jax.sandbox.uid.{uid}")
+        except OSError as e:
+            lease.close()
+            if e.errno != errno.EADDRINUSE:
+                raise
+            continue
+        return uid, lease
+    return None
 
 
 def pids_of_uid(uid: int) -> list[int]:

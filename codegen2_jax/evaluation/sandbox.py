@@ -20,28 +20,22 @@ Without root, namespaces and the uid change are unavailable: the results say so.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import errno
 import json
 import os
-import selectors
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Mapping
 from pathlib import Path
 
-from codegen2_jax.evaluation import processes
+from codegen2_jax.evaluation import capture, processes
 
 ACTIVE = "active"
 _INIT_SCRIPT = str(Path(__file__).with_name("sandbox_init.py"))
-_KILL_GRACE_S = 2.0
 _PROGRAM_PATH = "/usr/local/bin:/usr/bin:/bin"
 _MOUNT_STEPS = ("hidden_home", "read_only_filesystem", "private_tmpfs")
 _NAMESPACE_FLAGS = {
@@ -123,52 +117,6 @@ class Result:
         return self.status == "passed"
 
 
-class _Capped:
-    """Keeps the first and last `limit // 2` bytes of a stream and counts the rest."""
-
-    def __init__(self, limit: int):
-        self._half = limit // 2
-        self.head = bytearray()
-        self.tail = bytearray()
-        self.total = 0
-
-    def add(self, data: bytes) -> None:
-        self.total += len(data)
-        room = max(self._half - len(self.head), 0)
-        self.head += data[:room]
-        self.tail += data[room:]
-        del self.tail[: -self._half or len(self.tail)]
-
-    def text(self) -> str:
-        dropped = self.total - len(self.head) - len(self.tail)
-        middle = f"\n...[{dropped} bytes truncated]...\n".encode() if dropped else b""
-        return (bytes(self.head) + middle + bytes(self.tail)).decode("utf-8", "replace")
-
-
-class _UidSlot:
-    """A uid reserved for one run, across threads and processes, by an abstract socket name.
-
-    Linux abstract unix sockets vanish with their owner, so a crashed harness frees its slots.
-    """
-
-    def __init__(self, base: int, count: int):
-        for uid in range(base, base + count):
-            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            try:
-                sock.bind(f"\0codegen2_jax.sandbox.uid.{uid}")
-            except OSError as e:
-                sock.close()
-                if e.errno != errno.EADDRINUSE:
-                    raise
-                continue
-            self.uid, self._sock = uid, sock
-            return
-        raise SandboxError(f"all {count} sandbox uids from {base} are in use")
-
-    def release(self) -> None:
-        self._sock.close()
-
-
 class Sandbox:
     """Runs untrusted Python programs; thread-safe (one `run` per thread, any number of threads).
 
@@ -192,7 +140,6 @@ class Sandbox:
         self._uid_base, self._uid_count = uid_base, uid_count
         self._setpriv = shutil.which("setpriv")
         self._root = os.geteuid() == 0 and self._setpriv is not None
-        self._lock = threading.Lock()
         self._namespaces = self._probe_namespaces()
         self._required: tuple[str, ...] = ()
         self.protections = self._probe()
@@ -240,12 +187,15 @@ class Sandbox:
             SandboxError: a required protection failed or a process outlived its run.
         """
         limits = limits or self.limits
-        slot = _UidSlot(self._uid_base, self._uid_count)
+        reserved = processes.reserve_uid(self._uid_base, self._uid_count)
+        if reserved is None:
+            raise SandboxError(f"all {self._uid_count} uids from {self._uid_base} are in use")
+        uid, lease = reserved
         try:
             with tempfile.TemporaryDirectory(prefix="codegen2_jax-sandbox-") as sample_dir:
-                return self._run_in(Path(sample_dir), program, slot.uid, limits, success_marker)
+                return self._run_in(Path(sample_dir), program, uid, limits, success_marker)
         finally:
-            slot.release()
+            lease.close()
 
     def _run_in(
         self, sample_dir: Path, program: str, uid: int, limits: Limits, marker: str | None
@@ -257,7 +207,7 @@ class Sandbox:
             proc = self._launch(self._init_config(sample_dir, uid, limits, write_end))
         finally:
             os.close(write_end)
-        out, err, timed_out = _collect(proc, limits)
+        out, err, timed_out = capture.collect(proc, limits.wall_s, limits.output_bytes)
         with os.fdopen(read_end) as status:
             report = json.loads(status.read() or "{}")
         leftovers = self._sweep(uid)
@@ -373,51 +323,13 @@ class Sandbox:
             raise SandboxError(str(e)) from e
 
 
-def _kill_group(proc: subprocess.Popen) -> None:
-    """SIGKILLs the run's process group: unshare, whose --kill-child takes the PID namespace."""
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(proc.pid, signal.SIGKILL)
-
-
-def _drain(sel: selectors.BaseSelector, deadline: float) -> bool:
-    """Reads the registered pipes into their buffers until EOF; False if `deadline` came first."""
-    while sel.get_map():
-        left = deadline - time.monotonic()
-        if left <= 0:
-            return False
-        for key, _ in sel.select(left):
-            data = os.read(key.fd, 1 << 16)
-            if data:
-                key.data.add(data)
-            else:
-                sel.unregister(key.fileobj)
-    return True
-
-
-def _collect(proc: subprocess.Popen, limits: Limits) -> tuple[_Capped, _Capped, bool]:
-    """Captures stdout/stderr (capped) and waits; kills everything at the wall-clock limit."""
-    out, err = _Capped(limits.output_bytes), _Capped(limits.output_bytes)
-    deadline = time.monotonic() + limits.wall_s
-    with selectors.DefaultSelector() as sel:
-        sel.register(proc.stdout, selectors.EVENT_READ, out)
-        sel.register(proc.stderr, selectors.EVENT_READ, err)
-        timed_out = not _drain(sel, deadline)
-        if not timed_out:
-            try:  # the program may have closed its pipes and kept running
-                proc.wait(timeout=max(deadline - time.monotonic(), 0.0))
-            except subprocess.TimeoutExpired:
-                timed_out = True
-        if timed_out:
-            _kill_group(proc)
-            _drain(sel, time.monotonic() + _KILL_GRACE_S)
-    proc.wait()
-    proc.stdout.close()
-    proc.stderr.close()
-    return out, err, timed_out
-
-
 def _classify(
-    report: Mapping, timed_out: bool, out: _Capped, err: _Capped, marker: str | None, limits: Limits
+    report: Mapping,
+    timed_out: bool,
+    out: capture.Capped,
+    err: capture.Capped,
+    marker: str | None,
+    limits: Limits,
 ) -> tuple[str, str]:
     """(status, reason) of a finished run."""
     if timed_out:

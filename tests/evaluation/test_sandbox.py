@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from codegen2_jax.evaluation import processes, sandbox
+from codegen2_jax.evaluation import capture, processes, sandbox
 
 MARKER = "sandbox-test-done"
 LIMITS = sandbox.Limits(wall_s=4.0, cpu_s=2, tmpfs_bytes=8 << 20, file_bytes=4 << 20)
@@ -362,10 +362,10 @@ def test_huge_stdout_is_truncated(box):
 
 
 def test_capped_keeps_head_and_tail():
-    capped = sandbox._Capped(8)
+    capped = capture.Capped(8)
     for chunk in [b"ab", b"cdefgh", b"ijkl"]:
         capped.add(chunk)
     assert capped.text() == "abcd\n...[4 bytes truncated]...\nijkl"
-    small = sandbox._Capped(8)
+    small = capture.Capped(8)
     small.add(b"abc")
     assert small.text() == "abc"
