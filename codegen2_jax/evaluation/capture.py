@@ -1,4 +1,4 @@
-"""Bounded capture of a child's stdout and stderr under a wall-clock limit.
+"""Bounded capture of a run's stdout and stderr, and the wait for its end under a time limit.
 
 A program can print without end or close its pipes and keep running; neither may block the
 harness or grow its memory. Kept: the first and last halves of each stream's byte budget.
@@ -12,9 +12,10 @@ import selectors
 import signal
 import subprocess
 import time
+from collections.abc import Callable
 
-# After the kill, how long to wait for pipes to close (a process that escaped the kill, only
-# possible without a PID namespace, may hold them until the uid sweep).
+# After the kill, how long to wait for the pipes to close: without a PID namespace or root, a
+# process that escaped the kill may hold them open for ever.
 _KILL_GRACE_S = 2.0
 
 
@@ -46,40 +47,45 @@ def kill_group(proc: subprocess.Popen) -> None:
         os.killpg(proc.pid, signal.SIGKILL)
 
 
-def _drain(sel: selectors.BaseSelector, deadline: float) -> bool:
-    """Reads the registered pipes into their buffers until EOF; False if `deadline` came first."""
-    while sel.get_map():
-        left = deadline - time.monotonic()
-        if left <= 0:
-            return False
-        for key, _ in sel.select(left):
-            data = os.read(key.fd, 1 << 16)
-            if data:
-                key.data.add(data)
-            else:
-                sel.unregister(key.fileobj)
-    return True
+class RunStreams:
+    """The pipes of one run: stdout and stderr (capped) and the init's status report.
 
+    The init closes the status pipe when the program has exited, which marks the end of the
+    run even if a leftover process still holds stdout/stderr open.
+    """
 
-def collect(
-    proc: subprocess.Popen, wall_s: float, output_bytes: int
-) -> tuple[Capped, Capped, bool]:
-    """Captures stdout/stderr (capped) and waits; kills everything at the wall-clock limit."""
-    out, err = Capped(output_bytes), Capped(output_bytes)
-    deadline = time.monotonic() + wall_s
-    with selectors.DefaultSelector() as sel:
-        sel.register(proc.stdout, selectors.EVENT_READ, out)
-        sel.register(proc.stderr, selectors.EVENT_READ, err)
-        timed_out = not _drain(sel, deadline)
-        if not timed_out:
-            try:  # the program may have closed its pipes and kept running
-                proc.wait(timeout=max(deadline - time.monotonic(), 0.0))
-            except subprocess.TimeoutExpired:
-                timed_out = True
-        if timed_out:
-            kill_group(proc)
-            _drain(sel, time.monotonic() + _KILL_GRACE_S)
-    proc.wait()
-    proc.stdout.close()
-    proc.stderr.close()
-    return out, err, timed_out
+    def __init__(self, proc: subprocess.Popen, status_fd: int, output_bytes: int):
+        self.out, self.err = Capped(output_bytes), Capped(output_bytes)
+        self.status = Capped(1 << 20)
+        self._proc = proc
+        self._status_file = os.fdopen(status_fd, "rb", buffering=0)
+        self._sel = selectors.DefaultSelector()
+        self._sel.register(proc.stdout, selectors.EVENT_READ, self.out)
+        self._sel.register(proc.stderr, selectors.EVENT_READ, self.err)
+        self._sel.register(self._status_file, selectors.EVENT_READ, self.status)
+
+    def wait_for_exit(self, wall_s: float) -> bool:
+        """Reads output until the program has exited; False if `wall_s` passed first."""
+        deadline = time.monotonic() + wall_s
+        return self._pump(deadline, lambda: self._status_file not in self._sel.get_map())
+
+    def finish(self) -> None:
+        """Once everything of the run is killed: reads the rest of the output and reaps."""
+        self._pump(time.monotonic() + _KILL_GRACE_S, lambda: not self._sel.get_map())
+        self._sel.close()
+        self._proc.wait()
+        for f in (self._proc.stdout, self._proc.stderr, self._status_file):
+            f.close()
+
+    def _pump(self, deadline: float, done: Callable[[], bool]) -> bool:
+        while not done():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            for key, _ in self._sel.select(left):
+                data = os.read(key.fd, 1 << 16)
+                if data:
+                    key.data.add(data)
+                else:
+                    self._sel.unregister(key.fileobj)
+        return True

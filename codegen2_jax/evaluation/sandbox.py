@@ -2,8 +2,8 @@
 
 Layers, each detected at startup and reported in every result (`Result.protections`):
 
-- new network, PID and mount namespaces (unshare); the program sees only loopback (down) and its
-  own processes; when the namespace's init exits, the kernel kills every process left in it;
+- new network, IPC, PID and mount namespaces (unshare); the program sees only loopback (down)
+  and its own processes; when the namespace's init exits, the kernel kills every process in it;
 - a mount setup inside that namespace (sandbox_init.py): the harness's home is covered by an
   empty tmpfs (the interpreter is bound back where it lives), every mount is made read-only
   for this namespace only, and the program's cwd/HOME/TMPDIR is a private, size-capped tmpfs.
@@ -40,6 +40,7 @@ _PROGRAM_PATH = "/usr/local/bin:/usr/bin:/bin"
 _MOUNT_STEPS = ("hidden_home", "read_only_filesystem", "private_tmpfs")
 _NAMESPACE_FLAGS = {
     "network_namespace": ["--net"],
+    "ipc_namespace": ["--ipc"],  # no System V / POSIX IPC objects of the host
     "pid_namespace": ["--pid", "--fork", "--kill-child"],
     "mount_namespace": ["--mount", "--propagation=private"],
 }
@@ -52,6 +53,10 @@ class SandboxError(RuntimeError):
 @dataclasses.dataclass(frozen=True)
 class Limits:
     """Per-run resource limits.
+
+    Memory is bounded per process, not per run (no cgroup): a run can hold at most about
+    `processes * memory_bytes + tmpfs_bytes` (4.1 GiB by default); HumanEval programs need
+    one process and under 20 MiB.
 
     Attributes:
         wall_s: wall-clock seconds before the whole run is killed ("timed_out").
@@ -66,10 +71,10 @@ class Limits:
 
     wall_s: float = 10.0
     cpu_s: int = 5
-    memory_bytes: int = 1 << 30
+    memory_bytes: int = 512 << 20
     file_bytes: int = 16 << 20
     tmpfs_bytes: int = 64 << 20
-    processes: int = 32
+    processes: int = 8
     open_files: int = 64
     output_bytes: int = 64 << 10
 
@@ -207,10 +212,17 @@ class Sandbox:
             proc = self._launch(self._init_config(sample_dir, uid, limits, write_end))
         finally:
             os.close(write_end)
-        out, err, timed_out = capture.collect(proc, limits.wall_s, limits.output_bytes)
-        with os.fdopen(read_end) as status:
-            report = json.loads(status.read() or "{}")
-        leftovers = self._sweep(uid)
+        streams = capture.RunStreams(proc, read_end, limits.output_bytes)
+        timed_out = not streams.wait_for_exit(limits.wall_s)
+        # The run ends with its program: kill the init and unshare (the PID namespace goes with
+        # them), then whatever else still runs as the run's uid.
+        capture.kill_group(proc)
+        try:
+            leftovers = self._sweep(uid)
+        finally:
+            streams.finish()
+        out, err = streams.out, streams.err
+        report = json.loads(streams.status.text() or "{}")
         if "returncode" not in report and not timed_out:
             raise SandboxError(f"sandbox init failed: {report or err.text()}")
         status_, reason = _classify(report, timed_out, out, err, marker, limits)

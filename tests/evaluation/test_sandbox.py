@@ -61,6 +61,7 @@ def test_every_protection_is_reported(box):
     assert result.protections == box.protections
     assert set(box.protections) >= {
         "network_namespace",
+        "ipc_namespace",
         "pid_namespace",
         "mount_namespace",
         "read_only_filesystem",
@@ -359,6 +360,23 @@ def test_huge_stdout_is_truncated(box):
     assert result.passed, result
     assert len(result.stdout) < LIMITS.output_bytes + 100
     assert "bytes truncated" in result.stdout
+
+
+@pytest.mark.skipif(
+    os.geteuid() != 0 or not Path("/usr/bin/python3").exists(),
+    reason="needs root and a system python3 the sandbox uid can run without a mount namespace",
+)
+def test_without_namespaces_the_gaps_are_reported_and_the_uid_sweep_kills(monkeypatch):
+    unavailable = {n: "unavailable: disabled by the test" for n in sandbox._NAMESPACE_FLAGS}
+    monkeypatch.setattr(sandbox.Sandbox, "_probe_namespaces", lambda self: unavailable)
+    box = sandbox.Sandbox(LIMITS, python="/usr/bin/python3")
+    for name in ("mount_namespace", "read_only_filesystem", "hidden_home", "private_tmpfs"):
+        assert box.protections[name].startswith("unavailable: "), name
+    assert box.protections["unprivileged_uid"] == sandbox.ACTIVE
+    # Without a PID namespace a detached child outlives the program: the sweep must get it.
+    result = box.run("import os, time\nif os.fork() == 0:\n    os.setsid()\n    time.sleep(60)\n")
+    assert result.passed and result.leftover_killed == 1, result
+    assert processes.pids_of_uid(result.uid) == []
 
 
 def test_capped_keeps_head_and_tail():
