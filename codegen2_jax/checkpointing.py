@@ -146,28 +146,29 @@ class Checkpointer:
           gin_config: the operative gin config text.
 
         Returns:
-          False when `step` is already committed (nothing written), else True.
+          False (nothing written) when `step` is not newer than the latest committed step,
+          e.g. a preemption save right after a periodic one; else True.
 
         Raises:
           NonFiniteStateError: a floating-point leaf holds NaN or inf (named in the message).
           CheckpointSaveError: the previous asynchronous save failed.
         """
-        if bad := checksums.non_finite_leaves(state):
-            raise NonFiniteStateError(f"refusing to checkpoint step {step}: non-finite {bad}")
         self.wait_until_finished()
-        if step in self._manager.all_steps():
-            logging.info(
-                "checkpoint step %d already exists in %s; not saving", step, self.directory
+        latest = self._manager.latest_step()
+        if latest is not None and step <= latest:
+            logging.warning(
+                "not saving step %d: %s already holds step %d", step, self.directory, latest
             )
             return False
+        if bad := checksums.non_finite_leaves(state):
+            raise NonFiniteStateError(f"refusing to checkpoint step {step}: non-finite {bad}")
         items = {
             STATE: ocp.args.StandardSave(state),
             DATA_POSITION: process_blobs.ProcessBlobSave(data_position),
             MANIFEST: ocp.args.JsonSave(self._manifest(step, state, gin_config)),
         }
-        self._manager.save(step, args=ocp.args.Composite(**items))
         self._pending_step = step
-        return True
+        return self._manager.save(step, args=ocp.args.Composite(**items))
 
     def _manifest(self, step: int, state, gin_config: str) -> dict:
         body = {

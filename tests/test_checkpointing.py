@@ -94,11 +94,13 @@ def test_no_checkpoint_restores_none(tmp_path, setup):
     assert restore(tmp_path, setup) is None
 
 
-def test_saving_an_existing_step_is_a_no_op(tmp_path, setup):
+def test_saving_a_step_not_newer_than_the_latest_is_a_no_op(tmp_path, setup):
     _, _, first, second = setup
     save_steps(tmp_path, {3: first})
     with checkpointing.Checkpointer(tmp_path) as ckpt:
         assert not ckpt.save(3, second, b"other", "other")
+        assert not ckpt.save(2, second, b"other", "other")
+        assert ckpt.all_steps() == [3]
     assert_bit_identical(restore(tmp_path, setup).state, first)
 
 
