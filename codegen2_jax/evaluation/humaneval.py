@@ -112,7 +112,7 @@ def truncate(completion: str, stop_sequences: Sequence[str] = STOP_SEQUENCES) ->
 def pass_at_k(n: int, c: int, k: int) -> float:
     """The unbiased pass@k estimate 1 - C(n-c, k) / C(n, k) (Chen et al. 2021).
 
-    Computed as a product so large n does not overflow.
+    Computed as a product of ratios (the Codex paper's stable form), never forming C(n, k).
 
     Args:
         n: samples drawn for the task.

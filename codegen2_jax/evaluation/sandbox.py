@@ -262,6 +262,7 @@ class Sandbox:
         )
 
     def _init_config(self, sample_dir: Path, uid: int, limits: Limits, status_fd: int) -> dict:
+        """What sandbox_init.py needs: paths, mount steps, rlimits, the program's argv and env."""
         mount_ns = self._namespaces["mount_namespace"] == ACTIVE
         work = str(sample_dir / "work")
         python = Path(self._python).absolute()
@@ -285,13 +286,7 @@ class Sandbox:
                 "-B",
                 str(sample_dir / "program.py"),
             ],
-            "env": {
-                "PATH": _PROGRAM_PATH,
-                "HOME": work,
-                "TMPDIR": work,
-                "LANG": "C.UTF-8",
-                "LC_ALL": "C.UTF-8",
-            },
+            "env": _program_env(work),
             "status_fd": status_fd,
         }
 
@@ -333,6 +328,17 @@ class Sandbox:
             return processes.kill_uid(uid)
         except RuntimeError as e:
             raise SandboxError(str(e)) from e
+
+
+def _program_env(work: str) -> dict[str, str]:
+    """The program's whole environment: nothing of the harness's passes through."""
+    return {
+        "PATH": _PROGRAM_PATH,
+        "HOME": work,
+        "TMPDIR": work,
+        "LANG": "C.UTF-8",
+        "LC_ALL": "C.UTF-8",
+    }
 
 
 def _classify(

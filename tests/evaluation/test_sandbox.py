@@ -235,30 +235,56 @@ def test_writing_and_deleting_outside_the_temp_dir(box, planted):
     assert not Path("/tmp/sandbox-escape").exists()
 
 
-def test_secret_in_the_harness_home_is_unreadable(box, monkeypatch):
-    _require(box, "hidden_home")
+@pytest.fixture
+def secret_home(monkeypatch):
+    """A harness $HOME readable by anyone, so only hiding it protects the secret inside."""
     home = Path(tempfile.mkdtemp(prefix="sandbox-home-"))
-    try:
-        home.chmod(0o755)  # readable by anyone: only hiding the home protects the secret
-        (home / "secret").write_text("s3cr3t-token")
-        (home / "secret").chmod(0o644)
-        monkeypatch.setenv("HOME", str(home))
-        result = _run(
-            box,
-            f"""
-            import os
-            for path in [{str(home / "secret")!r}, os.path.expanduser("~/secret")]:
-                try:
-                    print(open(path).read())
-                except OSError as e:
-                    print("refused", type(e).__name__)
-            """,
-        )
-    finally:
-        (home / "secret").unlink()
-        home.rmdir()
+    home.chmod(0o755)
+    (home / "secret").write_text("s3cr3t-token")
+    (home / "secret").chmod(0o644)
+    monkeypatch.setenv("HOME", str(home))
+    yield home / "secret"
+    (home / "secret").unlink()
+    home.rmdir()
+
+
+def test_secret_in_the_harness_home_is_unreadable(box, secret_home):
+    _require(box, "hidden_home")
+    result = _run(
+        box,
+        f"""
+        import os
+        for path in [{str(secret_home)!r}, os.path.expanduser("~/secret")]:
+            try:
+                print(open(path).read())
+            except OSError as e:
+                print("refused", type(e).__name__)
+        """,
+    )
     assert result.passed, result
     assert "s3cr3t" not in result.stdout + result.stderr
+
+
+def test_a_user_namespace_cannot_uncover_the_hidden_home(box, secret_home):
+    _require(box, "hidden_home", "unprivileged_uid")
+    result = _run(
+        box,
+        f"""
+        import ctypes
+        libc = ctypes.CDLL(None, use_errno=True)
+        # Root of a new user namespace may unmount in its own mount namespace, except mounts
+        # inherited as one locked unit from the more privileged one.
+        print("unshare", libc.unshare(0x10000000 | 0x00020000))
+        print("umount", libc.umount2({str(secret_home.parent).encode()!r}, 2))
+        try:
+            print(open({str(secret_home)!r}).read())
+        except OSError as e:
+            print("refused", type(e).__name__)
+        """,
+    )
+    assert result.passed, result
+    assert "s3cr3t" not in result.stdout + result.stderr
+    assert "umount -1" in result.stdout
 
 
 def test_killing_the_parent(box):
