@@ -1,0 +1,238 @@
+"""The compiled decode loop, token selection, infill, sharded sampling and the sampling CLI.
+
+Model outputs are compared in fp32 on a tiny model; the sharded run must pick exactly the
+tokens the single-device run picks (same keys; jax's random bits do not depend on sharding).
+"""
+
+import json
+
+import flax.linen as nn
+import gin
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from codegen2_jax import (
+    checkpointing,
+    gin_config,
+    optim,
+    partitioning,
+    sample_cli,
+    sampling,
+    train_state,
+)
+from codegen2_jax.model import Decoder, TransformerConfig
+
+CONFIG = TransformerConfig(
+    vocab_size=128, num_layers=2, embed_dim=32, num_heads=4, rotary_dim=4, dtype="float32"
+)
+PROMPTS = [[5, 6, 7, 8, 9, 10, 11], [12, 13], [14, 15, 16, 17]]
+NEW = 6
+
+
+@pytest.fixture(scope="module")
+def params():
+    model = Decoder(CONFIG)
+    return nn.unbox(model.init(jax.random.key(0), jnp.zeros((1, 4), jnp.int32)))["params"]
+
+
+@pytest.fixture(scope="module")
+def greedy(params):
+    """The greedy generate function and its output on PROMPTS (one compilation, shared)."""
+    generate = sampling.make_generate(CONFIG, max_new_tokens=NEW)
+    out = generate(
+        params, *sampling.left_pad(PROMPTS), *_unlimited(len(PROMPTS)), jax.random.key(0)
+    )
+    return generate, jax.device_get(out)
+
+
+def _unlimited(batch, new=NEW):
+    """(stop_tokens, max_lengths): no stop ids, `new` tokens per row."""
+    return sampling.stop_token_array([[]] * batch), np.full(batch, new, np.int32)
+
+
+def test_left_pad_right_aligns_prompts_and_rounds_the_width():
+    tokens, lengths = sampling.left_pad([[1, 2, 3], [4]], pad_id=0, multiple=4)
+    np.testing.assert_array_equal(tokens, [[0, 1, 2, 3], [0, 0, 0, 4]])
+    np.testing.assert_array_equal(lengths, [3, 1])
+    np.testing.assert_array_equal(
+        sampling.stop_token_array([[7], [8, 9]]), [[7, sampling.NO_STOP], [8, 9]]
+    )
+
+
+def test_filter_logits_keeps_the_top_k_and_the_nucleus():
+    logits = jnp.log(jnp.array([[0.5, 0.3, 0.15, 0.05]]))
+
+    def kept(**kwargs):
+        return np.isfinite(np.asarray(sampling.filter_logits(logits, **kwargs)))[0].tolist()
+
+    assert kept(top_k=2) == [True, True, False, False]
+    assert kept(top_p=0.7) == [True, True, False, False]  # 0.5 < 0.7, 0.5 + 0.3 reaches it
+    assert kept(top_p=0.5) == [True, False, False, False]
+    assert kept(top_p=0.01) == [True, False, False, False]  # the most likely always stays
+    assert kept(top_k=3, top_p=0.9) == [True, True, True, False]
+
+
+def test_greedy_equals_argmax_of_repeated_full_forwards(params, greedy):
+    _, out = greedy
+    forward = jax.jit(Decoder(CONFIG).apply)
+    # Right padding to one width: causal attention keeps padding out of earlier logits.
+    sequences = np.zeros((len(PROMPTS), max(map(len, PROMPTS)) + NEW), np.int32)
+    lengths = np.array([len(p) for p in PROMPTS])
+    for row, prompt in enumerate(PROMPTS):
+        sequences[row, : len(prompt)] = prompt
+    for _ in range(NEW):
+        logits = forward({"params": params}, sequences)
+        rows = np.arange(len(PROMPTS))
+        sequences[rows, lengths] = np.argmax(logits[rows, lengths - 1], axis=-1)
+        lengths += 1
+    for row, prompt in enumerate(PROMPTS):
+        assert (
+            sampling.generated(out, row) == sequences[row, len(prompt) : len(prompt) + NEW].tolist()
+        )
+    np.testing.assert_array_equal(out.lengths, NEW)
+
+
+@pytest.mark.parametrize("setting", [dict(top_k=1), dict(top_p=1e-6)])
+def test_top_k_one_and_tiny_top_p_sample_the_greedy_tokens(params, greedy, setting):
+    generate = sampling.make_generate(CONFIG, max_new_tokens=NEW, temperature=1.0, **setting)
+    out = generate(params, *sampling.left_pad(PROMPTS), *_unlimited(3), jax.random.key(3))
+    np.testing.assert_array_equal(out.tokens, greedy[1].tokens)
+
+
+def test_sampling_depends_only_on_the_key(params):
+    generate = sampling.make_generate(CONFIG, max_new_tokens=NEW, temperature=1.0)
+    inputs = (*sampling.left_pad(PROMPTS), *_unlimited(3))
+    first, again, other = (
+        generate(params, *inputs, jax.random.key(seed)).tokens for seed in (1, 1, 2)
+    )
+    np.testing.assert_array_equal(first, again)
+    assert not np.array_equal(first, other)
+
+
+def test_stop_tokens_and_limits_apply_per_row(params, greedy):
+    generate, free = greedy
+    row0 = sampling.generated(free, 0)
+    stop_at = next(i for i in range(1, NEW) if row0[i] not in row0[:i])
+    never = next(t for t in range(CONFIG.vocab_size) if t not in sampling.generated(free, 2))
+    stops = sampling.stop_token_array([[row0[stop_at]], [], [never]])
+    limits = np.array([NEW, 3, NEW], np.int32)
+    out = generate(params, *sampling.left_pad(PROMPTS), stops, limits, jax.random.key(0))
+    np.testing.assert_array_equal(out.lengths, [stop_at + 1, 3, NEW])
+    np.testing.assert_array_equal(out.stopped, [True, False, False])
+    assert sampling.generated(out, 0, strip_stop=False) == row0[: stop_at + 1]
+    assert sampling.generated(out, 0) == row0[:stop_at]
+    np.testing.assert_array_equal(out.tokens[0, stop_at + 1 :], 0)  # pad_id after the end
+    np.testing.assert_array_equal(out.tokens[1, 3:], 0)
+
+
+class FakeVocabulary:
+    """Characters are their code points; specials sit above them."""
+
+    eos_id, sep_id, eom_id = 1000, 1001, 1002
+
+    def encode(self, text):
+        return [ord(c) for c in text]
+
+    def decode(self, ids):
+        return "".join(chr(i) for i in ids)
+
+    def mask_id(self, n):
+        return 2000 - n
+
+
+def test_infill_prompt_layout():
+    v = FakeVocabulary()
+    assert sampling.infill_prompt([[10, 11], [12]], v) == [10, 11, 1999, 12, 1000, 1001, 1999]
+    three = sampling.infill_prompt([[10], [11], [12]], v)
+    assert three == [10, 1999, 11, 1998, 12, 1000, 1001, 1999]
+    with pytest.raises(ValueError):
+        sampling.infill_prompt([[10]], v)
+
+
+def test_infill_fills_masks_one_at_a_time_and_returns_the_middles():
+    v, calls = FakeVocabulary(), []
+    scripted = iter([[[ord("x"), v.eom_id], [ord("y"), ord("z")]], [[ord("w"), v.eom_id], []]])
+
+    def generate(params, tokens, lengths, stops, limits, rng):
+        calls.append(
+            ([t[-n:].tolist() for t, n in zip(tokens, lengths, strict=True)], limits.tolist())
+        )
+        rows = next(scripted)
+        out = np.zeros((2, 4), np.int32)
+        for r, ids in enumerate(rows):
+            out[r, : len(ids)] = ids
+        stopped = np.array([bool(ids) and ids[-1] == v.eom_id for ids in rows])
+        return sampling.SampleOutput(out, np.array([len(ids) for ids in rows]), stopped)
+
+    fills = sampling.infill(
+        generate, None, v, [["a", "b", "c"], ["d", "e"]], rng=jax.random.key(0), max_new_tokens=4
+    )
+    assert fills == [["x", "w"], ["yz"]]  # "yz" hit the limit without <eom>: kept as it is
+    first, second = calls
+    assert first[0][0] == [97, 1999, 98, 1998, 99, 1000, 1001, 1999]
+    assert second[0][0] == first[0][0] + [ord("x"), v.eom_id, 1998]
+    assert first[1] == [4, 4] and second[1] == [4, 0]  # problem 2 has no second mask
+
+
+def test_sharded_generate_equals_single_device(params):
+    prompts = [[3 + r] * (2 + r % 4) for r in range(8)]  # eight rows: one per data shard
+    inputs = (*sampling.left_pad(prompts), *_unlimited(8, new=4), jax.random.key(5))
+    setting = dict(max_new_tokens=4, temperature=1.0, top_k=20, top_p=0.9)
+    single = sampling.make_generate(CONFIG, **setting)(params, *inputs)
+    gin_config.parse(["mesh/fsdp_tp.gin"])
+    partitioner = gin_config.configured(partitioning.make_partitioner)()
+    sharded = sampling.make_generate(CONFIG, partitioner=partitioner, **setting)
+    shardings = sampling.param_shardings(Decoder(CONFIG), partitioner)
+    out = sharded(jax.device_put(params, shardings), *inputs)
+    assert len(out.tokens.sharding.device_set) == 8
+    np.testing.assert_array_equal(out.tokens, single.tokens)
+    np.testing.assert_array_equal(out.lengths, single.lengths)
+
+
+SAVED_GIN = """from __gin__ import dynamic_registration
+from codegen2_jax.model import config
+from tasks import registry
+
+# Macros:
+# ==============================================================================
+EVAL_TASKS = ['stdlib_py_v1_causal',
+ 'stdlib_py_v1_span_infill']
+TASK = @registry.task_name()
+VOCAB = %VOCAB_SIZE
+VOCAB_SIZE = 128
+
+# Parameters for config.TransformerConfig:
+# ==============================================================================
+config.TransformerConfig.embed_dim = 32
+config.TransformerConfig.num_heads = 4
+config.TransformerConfig.num_layers = 2
+config.TransformerConfig.rotary_dim = 4
+config.TransformerConfig.vocab_size = %VOCAB
+registry.task_name.corpus = 'stdlib_py'
+"""
+
+
+def test_model_config_from_gin_reads_only_the_model_bindings():
+    # `tasks` is never imported: its statements are dropped before gin sees them.
+    assert sample_cli.model_config_from_gin(SAVED_GIN) == CONFIG
+
+
+@pytest.mark.slow
+def test_cli_completes_and_infills_from_a_training_checkpoint(tmp_path, capsys):
+    gin_config.parse(["models/tiny.gin"], ["VOCAB_SIZE = 8192"])  # the shipped vocabulary
+    config = gin_config.configured(TransformerConfig)()
+    partitioner = partitioning.make_partitioner(rules=(), data=1, devices=jax.devices()[:1])
+    optimizer = optim.make_optimizer(warmup_steps=1, total_steps=10)
+    state = train_state.init_train_state(Decoder(config), optimizer, (1, 8), partitioner, 0)
+    with checkpointing.Checkpointer(tmp_path, async_save=False) as checkpointer:
+        checkpointer.save(7, state, b"", gin.config_str())
+    common = ["--checkpoint_dir", str(tmp_path), "--max_new_tokens", "5"]
+    sample_cli.main([*common, "--prompt", "def add(a, b):"])
+    sample_cli.main(
+        [*common, "--prefix", "def f(x):\n", "--suffix", "    return y\n", "--temperature", "0.8"]
+    )
+    completion, infill = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert completion["prompt"] == "def add(a, b):" and isinstance(completion["completion"], str)
+    assert infill["suffix"] == "    return y\n" and isinstance(infill["middle"], str)
