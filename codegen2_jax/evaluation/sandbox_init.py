@@ -1,11 +1,12 @@
 """Sandbox init: the in-namespace first process that sets up mounts and runs one program.
 
 Executed by sandbox.py as `python -I -S sandbox_init.py CONFIG_JSON` (standard library only,
-nothing from this package), as root inside fresh mount/PID/network namespaces when available.
-It hides paths, makes the filesystem read-only, gives the program a private tmpfs, then runs the
-program (already wrapped by the caller in setpriv) with rlimits, waits for it and writes a JSON
-report to the status file descriptor. When this process exits, the kernel kills everything left
-in its PID namespace.
+nothing from this package), as root inside fresh mount/PID/IPC/network namespaces when
+available. It hides paths, makes the filesystem read-only, gives the program a private tmpfs,
+then runs the program (already wrapped by the caller in setpriv) with rlimits, waits for it,
+writes a JSON report to the status file descriptor and closes it, which tells the harness the
+program has ended. When this process exits, the kernel kills everything left in its PID
+namespace.
 
 Each mount step is reported as "active" or "failed: <why>"; a step listed in `required` that
 fails aborts the run before the program starts, so a protection is never silently missing.
