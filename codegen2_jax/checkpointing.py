@@ -299,8 +299,10 @@ class Checkpointer:
 def _agreed(read: Callable[[], Any]) -> Any:
     """read(), failing on every process when it fails on any.
 
-    A damaged file may be read by one process only (its shards, its data position); agreeing
-    after each read keeps the processes on the same step and their later collectives aligned.
+    Keeps the processes on the same step, and their later collectives aligned, when damage
+    shows on one process only, as in its own data position file. (An exception inside orbax's
+    array restore on one process alone cannot be agreed on here: the others then block at
+    orbax's own end-of-restore barrier.)
     """
     try:
         value, problem = read(), None
