@@ -14,9 +14,17 @@ from codegen2_jax.model import Decoder, TransformerConfig
 REPO = gin_config.GIN_DIR.parent
 
 
-def subprocess_env() -> dict[str, str]:
-    """One CPU device per run (fast, and identical between runs being compared)."""
+def subprocess_env(compilation_cache: str | None = None) -> dict[str, str]:
+    """One CPU device per run (fast, and identical between runs being compared).
+
+    A shared persistent compilation cache makes restarts skip XLA compilation, which is most
+    of a tiny run's start-up; the cached executable is the same program, so bits don't move.
+    """
     env = dict(os.environ, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="3")
+    if compilation_cache:
+        env["JAX_COMPILATION_CACHE_DIR"] = compilation_cache
+        env["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
+        env["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"] = "0"
     env["XLA_FLAGS"] = env.get("XLA_FLAGS", "").replace(
         "--xla_force_host_platform_device_count=8", ""
     )
@@ -35,20 +43,20 @@ def train_command(model_dir, data_dir, *bindings: str) -> list[str]:
     ]
 
 
-def start(model_dir, data_dir, *bindings: str, log=None) -> subprocess.Popen:
+def start(model_dir, data_dir, *bindings: str, log=None, cache=None) -> subprocess.Popen:
     return subprocess.Popen(
         train_command(model_dir, data_dir, *bindings),
         cwd=REPO,
-        env=subprocess_env(),
+        env=subprocess_env(cache),
         stdout=log or subprocess.DEVNULL,
         stderr=subprocess.STDOUT,
     )
 
 
-def run_to_completion(model_dir, data_dir, *bindings: str, timeout: float = 600) -> None:
-    log_path = os.path.join(model_dir, "..", os.path.basename(str(model_dir)) + ".log")
+def run_to_completion(model_dir, data_dir, *bindings: str, cache=None, timeout=600) -> None:
+    log_path = f"{model_dir}.log"
     with open(log_path, "ab") as log:
-        process = start(model_dir, data_dir, *bindings, log=log)
+        process = start(model_dir, data_dir, *bindings, log=log, cache=cache)
         code = process.wait(timeout=timeout)
     if code:
         with open(log_path, encoding="utf-8", errors="replace") as f:
@@ -78,6 +86,8 @@ def wait_for_progress(process, model_dir, after: int, timeout: float = 300) -> b
 
 
 def tiny_config() -> TransformerConfig:
+    import tasks  # noqa: F401  (the experiment binds task parameters)
+
     gin_config.parse(["experiments/tiny_cpu.gin"], ["MODEL_DIR = '/unused'"])
     return gin_config.configured(TransformerConfig)()
 
