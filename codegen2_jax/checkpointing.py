@@ -21,6 +21,7 @@ an older checkpoint.
 from __future__ import annotations
 
 import datetime
+import functools
 import hashlib
 import json
 from collections.abc import Callable
@@ -116,13 +117,25 @@ class Checkpointer:
       directory: local path or gs:// URL; created if missing.
       max_to_keep: committed steps to keep; older ones are removed after a newer one commits.
       async_save: write arrays in a background thread (orbax's async checkpointing).
+      read_only: for readers beside a running job (samplers, evaluators): never save, move or
+        delete anything; unusable steps are skipped with a logged error and temporary
+        directories (perhaps a save in flight) are left alone.
     """
 
-    def __init__(self, directory: epath.PathLike, *, max_to_keep: int = 3, async_save: bool = True):
+    def __init__(
+        self,
+        directory: epath.PathLike,
+        *,
+        max_to_keep: int = 3,
+        async_save: bool = True,
+        read_only: bool = False,
+    ):
         self.directory = epath.Path(directory)
+        self.read_only = read_only
         options = ocp.CheckpointManagerOptions(
             preservation_policy=ocp.checkpoint_managers.LatestN(n=max_to_keep),
             enable_async_checkpointing=async_save,
+            read_only=read_only,
             # Half-written steps are set aside loudly by restore_latest, not deleted silently.
             cleanup_tmp_directories=False,
         )
@@ -153,6 +166,8 @@ class Checkpointer:
           NonFiniteStateError: a floating-point leaf holds NaN or inf (named in the message).
           CheckpointSaveError: the previous asynchronous save failed.
         """
+        if self.read_only:
+            raise CheckpointError(f"{self.directory} was opened read-only")
         self.wait_until_finished()
         latest = self._manager.latest_step()
         if latest is not None and step <= latest:
@@ -221,7 +236,8 @@ class Checkpointer:
             dtypes differ from abstract_state; every difference is named.
         """
         self.wait_until_finished()
-        self._set_aside_uncommitted()
+        if not self.read_only:
+            self._set_aside_uncommitted()
         target = jax.tree.map(
             lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
             abstract_state,
@@ -231,7 +247,16 @@ class Checkpointer:
             try:
                 return self._restore_step(step, target)
             except _UnusableStep as e:
-                self._set_aside(self.directory / str(step), str(e))
+                self._discard(self.directory / str(step), str(e))
+        return None
+
+    def latest_gin_config(self) -> str | None:
+        """The gin config of the newest step with an intact manifest (no arrays are read)."""
+        for step in reversed(self.all_steps()):
+            try:
+                return _agreed(functools.partial(self._read_manifest, step))["gin_config"]
+            except _UnusableStep as e:
+                logging.error("checkpoint step %d in %s: %s", step, self.directory, e)
         return None
 
     def _restore_step(self, step: int, target) -> RestoredCheckpoint:
@@ -282,10 +307,14 @@ class Checkpointer:
         # Every process must have listed before the first one renames anything.
         ocp.multihost.sync_global_processes("codegen2_jax.checkpointing:listed")
         for path in leftovers:
-            self._set_aside(path, "half-written: the save never committed")
+            self._discard(path, "half-written: the save never committed")
 
-    def _set_aside(self, path: epath.Path, reason: str) -> None:
+    def _discard(self, path: epath.Path, reason: str) -> None:
+        """Logs why a step is unusable and moves it aside (read-only: only logs)."""
         set_aside = self.directory / SET_ASIDE_DIR
+        if self.read_only:
+            logging.error("checkpoint %s is unusable (%s); skipping it", path, reason)
+            return
         logging.error("checkpoint %s is unusable (%s); moving it into %s", path, reason, set_aside)
         if jax.process_index() == 0:  # one process moves it; the barrier holds the others
             set_aside.mkdir(parents=True, exist_ok=True)

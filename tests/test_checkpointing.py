@@ -83,6 +83,8 @@ def test_round_trip_is_bit_identical(tmp_path, setup):
     assert restored.step == 7
     assert restored.data_position == DATA_POSITION + bytes([7])
     assert restored.gin_config == GIN_CONFIG
+    with checkpointing.Checkpointer(tmp_path) as ckpt:
+        assert ckpt.latest_gin_config() == GIN_CONFIG
     assert_bit_identical(restored.state, second)
     for leaf, sharding in zip(
         jax.tree.leaves(restored.state), jax.tree.leaves(shardings), strict=True
@@ -273,6 +275,33 @@ def test_damaged_newest_step_is_set_aside(tmp_path, setup, caplog, damage, reaso
     assert any(reason in r.getMessage() and r.levelno == logging.ERROR for r in caplog.records)
     assert [name.split(".")[0] for name in set_aside_names(tmp_path)] == ["2"]
     assert sorted(os.listdir(tmp_path)) == ["1", checkpointing.SET_ASIDE_DIR]
+
+
+def test_read_only_reader_skips_damage_and_changes_nothing(tmp_path, setup, caplog):
+    """A sampler beside a running job must not move the job's save in flight."""
+    abstract, shardings, first, second = setup
+    save_steps(tmp_path, {1: first, 2: second})
+    edit_manifest(tmp_path / "2", None)
+    in_flight = tmp_path / ("3" + ocp.path.atomicity_types.TMP_DIR_SUFFIX)
+    in_flight.mkdir()
+    before = sorted(os.listdir(tmp_path))
+    with checkpointing.Checkpointer(tmp_path, read_only=True) as ckpt, caplog.at_level("ERROR"):
+        assert ckpt.latest_gin_config() == GIN_CONFIG
+        restored = ckpt.restore_latest(abstract, shardings)
+        with pytest.raises(checkpointing.CheckpointError, match="read-only"):
+            ckpt.save(4, first, b"4", GIN_CONFIG)
+    assert restored.step == 1
+    assert_bit_identical(restored.state, first)
+    assert sorted(os.listdir(tmp_path)) == before
+    assert "manifest digest mismatch" in caplog.text
+
+
+def test_read_only_reader_of_a_missing_directory_finds_nothing(tmp_path, setup):
+    abstract, shardings, _, _ = setup
+    with checkpointing.Checkpointer(tmp_path / "absent", read_only=True) as ckpt:
+        assert ckpt.latest_gin_config() is None
+        assert ckpt.restore_latest(abstract, shardings) is None
+    assert not (tmp_path / "absent").exists()
 
 
 def with_leaf(abstract, name, make):
