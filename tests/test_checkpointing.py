@@ -1,8 +1,9 @@
 """Checkpointer: bit-identical round trips, retention, damaged-step recovery, refusals.
 
-The damage cases edit orbax's on-disk layout directly (a step directory with state/ and
-manifest/ items, array bytes in the largest file under state/), as a failing disk or a killed
-process would.
+The damage cases edit orbax's on-disk layout directly (a step directory with state/,
+data_position/ and manifest/ items; array data in files under state/**/d/), as a failing disk
+or a killed process would. Commit failures and delays are injected by patching orbax's commit
+(AtomicRenameTemporaryPath.finalize, which runs in its background thread).
 """
 
 import asyncio
@@ -128,6 +129,7 @@ def test_older_steps_outlive_an_uncommitted_save(tmp_path, setup, monkeypatch):
         ckpt.save(1, first, b"1", GIN_CONFIG)
         release.set()
         ckpt.wait_until_finished()
+        committing.clear()
         release.clear()
         ckpt.save(2, second, b"2", GIN_CONFIG)
         assert committing.wait(60)
@@ -157,19 +159,22 @@ async def async_failing_finalize(*args, **kwargs):
     failing_finalize()
 
 
-def test_failed_async_save_raises_and_deletes_nothing(tmp_path, setup, monkeypatch):
+@pytest.mark.parametrize("surfaces_in", ["next save", "close"])
+def test_failed_async_save_raises_and_deletes_nothing(tmp_path, setup, monkeypatch, surfaces_in):
     _, _, first, second = setup
-    with checkpointing.Checkpointer(tmp_path, max_to_keep=2) as ckpt:
-        ckpt.save(1, first, b"1", GIN_CONFIG)
-        ckpt.save(2, second, b"2", GIN_CONFIG)
-        ckpt.wait_until_finished()
-        # A commit that fails in the background thread, after the save call returned.
-        monkeypatch.setattr(
-            ocp.path.atomicity.AtomicRenameTemporaryPath, "finalize", async_failing_finalize
-        )
-        ckpt.save(3, first, b"3", GIN_CONFIG)
-        with pytest.raises(checkpointing.CheckpointSaveError, match="step 3"):
-            ckpt.wait_until_finished()
+    ckpt = checkpointing.Checkpointer(tmp_path, max_to_keep=2)
+    ckpt.save(1, first, b"1", GIN_CONFIG)
+    ckpt.save(2, second, b"2", GIN_CONFIG)
+    ckpt.wait_until_finished()
+    monkeypatch.setattr(
+        ocp.path.atomicity.AtomicRenameTemporaryPath, "finalize", async_failing_finalize
+    )
+    assert ckpt.save(3, first, b"3", GIN_CONFIG)  # returns before the commit fails
+    surface = {"next save": lambda: ckpt.save(4, second, b"4", GIN_CONFIG), "close": ckpt.close}
+    with pytest.raises(checkpointing.CheckpointSaveError, match="step 3"):
+        surface[surfaces_in]()
+    if surfaces_in == "next save":
+        ckpt.close()
     monkeypatch.undo()
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.isdigit()) == ["1", "2"]
     restored = restore(tmp_path, setup)
