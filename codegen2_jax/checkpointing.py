@@ -169,11 +169,7 @@ class Checkpointer:
         if self.read_only:
             raise CheckpointError(f"{self.directory} was opened read-only")
         self.wait_until_finished()
-        latest = self._manager.latest_step()
-        if latest is not None and step <= latest:
-            logging.warning(
-                "not saving step %d: %s already holds step %d", step, self.directory, latest
-            )
+        if self._is_stale(step):
             return False
         if bad := checksums.non_finite_leaves(state):
             raise NonFiniteStateError(f"refusing to checkpoint step {step}: non-finite {bad}")
@@ -184,6 +180,16 @@ class Checkpointer:
         }
         self._pending_step = step
         return self._manager.save(step, args=ocp.args.Composite(**items))
+
+    def _is_stale(self, step: int) -> bool:
+        """True, with a warning, when `step` is not newer than the latest committed step."""
+        latest = self._manager.latest_step()
+        if latest is None or step > latest:
+            return False
+        logging.warning(
+            "not saving step %d: %s already holds step %d", step, self.directory, latest
+        )
+        return True
 
     def _manifest(self, step: int, state, gin_config: str) -> dict:
         body = {
