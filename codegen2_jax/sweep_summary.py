@@ -14,6 +14,8 @@ import re
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
+from etils import epath
+
 from codegen2_jax import metrics
 
 if TYPE_CHECKING:
@@ -54,7 +56,7 @@ def from_dirs(model_dirs: Sequence[str]) -> list[JobResult]:
     """Results read back from job directories, for tabulating a sweep run earlier."""
     results = []
     for model_dir in model_dirs:
-        if os.path.exists(os.path.join(model_dir, FINAL_METRICS_FILE)):
+        if (epath.Path(model_dir) / FINAL_METRICS_FILE).exists():
             status = "finished"
         elif final_metrics(model_dir)[0] is not None:
             status = "unfinished"
