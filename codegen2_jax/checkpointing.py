@@ -10,8 +10,9 @@ Each step directory holds three orbax items, committed together:
 
 restore_latest walks the steps newest first and returns the first one that is committed,
 readable and matches its fingerprints. A step that is not is moved to <directory>/set_aside/
-with a logged error, never deleted, and the previous one is tried. A restore target whose
-parameter set, shapes or dtypes differ from the checkpoint is the caller's error and raises.
+with a logged error, never deleted (empty that directory by hand once inspected), and the
+previous one is tried. A restore target whose parameter set, shapes or dtypes differ from the
+checkpoint is the caller's error and raises.
 
 Retention is orbax's LatestN. Orbax removes old steps in the save's finalisation, after the
 new step's commit succeeded; a failed commit raises there first, so a failed save never costs
