@@ -276,7 +276,7 @@ def run_jobs(
         returncode = _run(command(sweep, job, job_dir), job_dir, log_file)
         seconds = time.monotonic() - start
         status = "finished" if returncode == 0 else f"failed (exit {returncode})"
-        logging.info("job %d/%d: %s in %.0f s", index, len(sweep.jobs), status, seconds)
+        logging.info("job %d/%d: exit %d after %.0f s", index, len(sweep.jobs), returncode, seconds)
         results.append(sweep_summary.JobResult(job_dir, status, seconds))
     return results
 
@@ -310,7 +310,10 @@ def _parse_args(argv: Sequence[str]) -> argparse.Namespace:
     parser.add_argument("--run_script", default=str(REPO_ROOT / "launch" / "run.sh"))
     parser.add_argument("--dry_run", action="store_true", help="tpu: print gcloud commands")
     parser.add_argument("--babysit", action="store_true", help="tpu: relaunch after preemption")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.runner != "tpu" and (args.dry_run or args.babysit):
+        parser.error("--dry_run and --babysit are for the tpu runner")
+    return args
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -31,6 +31,7 @@ while [[ $# -gt 0 ]]; do
   shift
 done
 require PROJECT
+# codegen2_logs/train.log: where worker_train.sh keeps the log, under the worker's home.
 if [[ -n "$run" ]]; then
   run_gcloud storage cat "$(model_dir_of "$run")/logs/*.log"
 elif [[ "$follow" == 1 ]]; then

@@ -207,6 +207,12 @@ def test_a_wrong_sweep_file_exits_1_naming_the_line(tmp_path, caplog):
     assert f"{path}:2: 'LEARNING_RATE' is not a NAME=VALUE gin binding" in caplog.text
 
 
+def test_dry_run_and_babysit_are_for_the_tpu_runner(capsys):
+    with pytest.raises(SystemExit):
+        sweep.main(["local", "x.sweep", "--dry_run"])
+    assert "--dry_run and --babysit are for the tpu runner" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.name)
 def test_shipped_sweeps_parse_and_bind(path):
     import tasks  # noqa: F401  (the experiments' gin files name registered tasks)
