@@ -28,7 +28,11 @@ REPO_ROOT="$(dirname "$LAUNCH_DIR")"
 exec 3>&1
 
 log() {
-  echo "[launch] $*" >&2
+  if [[ "$DRY_RUN" == 1 ]]; then
+    echo "[launch, dry run] $*" >&2
+  else
+    echo "[launch] $*" >&2
+  fi
 }
 
 die() {

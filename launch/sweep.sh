@@ -22,7 +22,7 @@ while [[ $# -gt 0 ]]; do
 done
 (($# == 1)) || die "$USAGE"
 require PROJECT BUCKET
-if [[ "$DRY_RUN" == 1 ]]; then runner_flags+=(--dry-run); fi
+if [[ "$DRY_RUN" == 1 ]]; then runner_flags+=(--dry_run); fi
 if [[ -z "${PYTHON:-}" ]]; then
   PYTHON=python3
   if [[ -x "$REPO_ROOT/.venv/bin/python" ]]; then PYTHON="$REPO_ROOT/.venv/bin/python"; fi
