@@ -5,11 +5,11 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import os
 import time
 from collections.abc import Mapping
 
 import jax
+from etils import epath
 
 from codegen2_jax.model import TransformerConfig
 
@@ -39,8 +39,7 @@ def make_writer(model_dir: str):
     """A clu MetricWriter: TensorBoard events and metrics.jsonl under model_dir on process 0.
 
     metrics.jsonl holds one {"step": ..., name: value} line per write, exact to the bit
-    (repr of the float), for scripts, plots and resume checks. A resumed run appends; read it
-    with read_metrics, where the last line for a step wins.
+    (repr of the float), for scripts, plots and resume checks. Read it with read_metrics.
     """
     # Imported here: clu's writers need TensorFlow, which GPU benchmark images lack.
     from clu import metric_writers
@@ -50,26 +49,50 @@ def make_writer(model_dir: str):
     )
     if jax.process_index() > 0:
         return writer
-    jsonl = JsonlWriter(os.path.join(model_dir, METRICS_FILE))
-    return metric_writers.MultiWriter([writer, jsonl])
+    return metric_writers.MultiWriter([writer, JsonlWriter(model_dir)])
 
 
 class JsonlWriter:
-    """Scalars as JSON lines (the clu MetricWriter methods the training loop uses)."""
+    """Scalars as JSON lines (the clu MetricWriter methods the training loop uses).
 
-    def __init__(self, path: str):
-        self._file = open(path, "a", encoding="utf-8")  # noqa: SIM115 (closed by close())
+    A local model_dir gets one metrics.jsonl, appended to by each (resumed) session. Object
+    stores (gs://) cannot append, so there each session writes its own
+    metrics.jsonl.<first step> object, rewritten at most once a minute and on close.
+    """
+
+    REMOTE_FLUSH_SECONDS = 60.0
+
+    def __init__(self, model_dir: str):
+        self._dir = epath.Path(model_dir)
+        self._dir.mkdir(parents=True, exist_ok=True)
+        self._remote = "://" in str(model_dir)
+        self._lines: list[str] = []
+        self._path: epath.Path | None = None
+        self._last_flush = time.monotonic()
 
     def write_scalars(self, step: int, scalars: Mapping[str, float]) -> None:
         record = {"step": int(step), **{k: float(v) for k, v in scalars.items()}}
-        self._file.write(json.dumps(record) + "\n")
-        self._file.flush()  # one line per log interval; a killed run keeps what it logged
+        if self._path is None:
+            name = f"{METRICS_FILE}.{int(step)}" if self._remote else METRICS_FILE
+            self._path = self._dir / name
+        self._lines.append(json.dumps(record) + "\n")
+        if not self._remote or time.monotonic() - self._last_flush > self.REMOTE_FLUSH_SECONDS:
+            self.flush()
 
     def flush(self) -> None:
-        self._file.flush()
+        if self._path is None:
+            return
+        if self._remote:
+            self._path.write_text("".join(self._lines))
+        elif self._lines:
+            torn = self._path.exists() and not self._path.read_bytes().endswith(b"\n")
+            with self._path.open("a") as f:  # a killed run keeps every line it logged
+                f.writelines(["\n"] * torn + self._lines)
+            self._lines = []
+        self._last_flush = time.monotonic()
 
     def close(self) -> None:
-        self._file.close()
+        self.flush()
 
     def __getattr__(self, name):
         # Images, histograms, texts and the like have no JSON form: accept and drop them.
@@ -79,11 +102,20 @@ class JsonlWriter:
 
 
 def read_metrics(model_dir: str) -> dict[int, dict[str, float]]:
-    """{step: {name: value}} from metrics.jsonl; later lines (a resumed run) override."""
+    """{step: {name: value}} from a run's metrics files; later lines (a resumed run) win."""
+    directory = epath.Path(model_dir)
+    sessions = sorted(directory.glob(f"{METRICS_FILE}.*"), key=lambda p: int(p.suffix[1:]))
     by_step: dict[int, dict[str, float]] = {}
-    with open(os.path.join(model_dir, METRICS_FILE), encoding="utf-8") as f:
-        for line in f:
-            record = json.loads(line)
+    for path in [directory / METRICS_FILE, *sessions]:
+        if not path.exists():
+            continue
+        for number, line in enumerate(path.read_text().splitlines(), 1):
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                # A process killed mid-write leaves a torn line; its resumed run logs it again.
+                logging.warning("%s:%d: skipping a torn line", path, number)
+                continue
             by_step.setdefault(record.pop("step"), {}).update(record)
     return by_step
 
