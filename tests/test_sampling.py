@@ -16,6 +16,7 @@ import pytest
 from codegen2_jax import (
     checkpointing,
     gin_config,
+    hf,
     optim,
     partitioning,
     sample_cli,
@@ -236,3 +237,34 @@ def test_cli_completes_and_infills_from_a_training_checkpoint(tmp_path, capsys):
     completion, infill = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert completion["prompt"] == "def add(a, b):" and isinstance(completion["completion"], str)
     assert infill["suffix"] == "    return y\n" and isinstance(infill["middle"], str)
+
+
+def _save_character_tokenizer(directory):
+    """A transformers tokenizer with CodeGen2's special tokens: one token per character."""
+    tokenizers = pytest.importorskip("tokenizers")
+    transformers = pytest.importorskip("transformers")
+    specials = ["<|endoftext|>", "<sep>", "<eom>", "<mask_1>"]
+    pieces = specials + [chr(c) for c in range(32, 127)] + ["\n"]
+    model = tokenizers.models.WordLevel(
+        {p: i for i, p in enumerate(pieces)}, unk_token="<|endoftext|>"
+    )
+    tokenizer = tokenizers.Tokenizer(model)
+    tokenizer.pre_tokenizer = tokenizers.pre_tokenizers.Split("", "isolated")
+    tokenizer.decoder = tokenizers.decoders.Fuse()
+    transformers.PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer, eos_token=specials[0], additional_special_tokens=specials[1:]
+    ).save_pretrained(directory)
+
+
+@pytest.mark.slow
+def test_cli_infills_with_an_hf_checkpoint_and_its_tokenizer(params, tmp_path, capsys):
+    _save_character_tokenizer(tmp_path)
+    hf.export_checkpoint(params, CONFIG, tmp_path)
+    vocab = sample_cli.HFTokenizerVocabulary(str(tmp_path))
+    assert (vocab.eos_id, vocab.sep_id, vocab.eom_id, vocab.mask_id(1)) == (0, 1, 2, 3)
+    assert vocab.decode(vocab.encode("x = 1")) == "x = 1"
+    args = ["--hf_dir", str(tmp_path), "--hf_tokenizer", "--max_new_tokens", "4"]
+    sample_cli.main([*args, "--prefix", "def f(", "--suffix", "):", "--num_samples", "2"])
+    records = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [r["prefix"] for r in records] == ["def f(", "def f("]
+    assert records[0]["middle"] == records[1]["middle"]  # greedy: both samples agree
