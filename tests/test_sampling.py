@@ -21,6 +21,7 @@ from codegen2_jax import (
     partitioning,
     sample_cli,
     sampling,
+    sampling_benchmark,
     train_state,
 )
 from codegen2_jax.model import Decoder, TransformerConfig
@@ -268,3 +269,18 @@ def test_cli_infills_with_an_hf_checkpoint_and_its_tokenizer(params, tmp_path, c
     records = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert [r["prefix"] for r in records] == ["def f(", "def f("]
     assert records[0]["middle"] == records[1]["middle"]  # greedy: both samples agree
+
+
+def test_decode_benchmark_prints_tokens_per_second(capsys):
+    sampling_benchmark.main(
+        [
+            "--gin_file=models/tiny.gin",
+            "--gin.VOCAB_SIZE=128",
+            "--batch=2",
+            "--prompt_len=8",
+            "--new_tokens=3",
+            "--repeats=1",
+        ]
+    )
+    result = json.loads(capsys.readouterr().out)
+    assert (result["batch"], result["new_tokens"]) == (2, 3) and result["tokens_per_s"] > 0
