@@ -23,6 +23,7 @@ from collections.abc import Sequence
 import gin
 import jax
 import orbax.checkpoint as ocp
+from etils import epath
 
 from codegen2_jax import checkpointing, gin_config, hf, optim, partitioning, sampling, train_state
 from codegen2_jax.model import Decoder, TransformerConfig
@@ -116,6 +117,8 @@ def restore_checkpoint(directory: str, config: TransformerConfig):
 
 def latest_gin_config(directory: str) -> str:
     """The gin config text stored with the newest committed step of a Checkpointer directory."""
+    if not epath.Path(directory).is_dir():
+        raise FileNotFoundError(f"no checkpoint directory {directory}")
     manager = ocp.CheckpointManager(
         directory, item_handlers={checkpointing.MANIFEST: ocp.handlers.JsonCheckpointHandler()}
     )
@@ -143,8 +146,15 @@ class HFTokenizerVocabulary:
             directory, local_files_only=True
         )
         self.eos_id = self.tokenizer.eos_token_id
-        self.sep_id = self._special_id("<sep>")
-        self.eom_id = self._special_id("<eom>")
+
+    # Looked up when infill asks: CodeGen 1 tokenizers complete code but have no infill tokens.
+    @property
+    def sep_id(self) -> int:
+        return self._special_id("<sep>")
+
+    @property
+    def eom_id(self) -> int:
+        return self._special_id("<eom>")
 
     def _special_id(self, token: str) -> int:
         token_id = self.tokenizer.convert_tokens_to_ids(token)

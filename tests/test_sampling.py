@@ -5,6 +5,8 @@ tokens the single-device run picks (same keys; jax's random bits do not depend o
 """
 
 import json
+import subprocess
+import sys
 
 import flax.linen as nn
 import gin
@@ -284,3 +286,14 @@ def test_decode_benchmark_prints_tokens_per_second(capsys):
     )
     result = json.loads(capsys.readouterr().out)
     assert (result["batch"], result["new_tokens"]) == (2, 3) and result["tokens_per_s"] > 0
+
+
+def test_sampling_modules_import_neither_tensorflow_nor_seqio():
+    code = (
+        "import sys; import codegen2_jax.sampling, codegen2_jax.sample_cli, "
+        "codegen2_jax.sampling_benchmark; "
+        "print(sorted({'tensorflow', 'seqio'} & set(sys.modules)))"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"
