@@ -1,6 +1,7 @@
 """Helpers for tests that run the real training entry point in subprocesses."""
 
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -14,8 +15,8 @@ from codegen2_jax.model import Decoder, TransformerConfig
 REPO = gin_config.GIN_DIR.parent
 
 
-def subprocess_env(compilation_cache: str | None = None) -> dict[str, str]:
-    """One CPU device per run (fast, and identical between runs being compared).
+def subprocess_env(compilation_cache: str | None = None, devices: int = 1) -> dict[str, str]:
+    """One CPU device per process unless told otherwise (fast, and identical between runs).
 
     A shared persistent compilation cache makes restarts skip XLA compilation, which is most
     of a tiny run's start-up; the cached executable is the same program, so bits don't move.
@@ -25,9 +26,12 @@ def subprocess_env(compilation_cache: str | None = None) -> dict[str, str]:
         env["JAX_COMPILATION_CACHE_DIR"] = compilation_cache
         env["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
         env["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"] = "0"
-    env["XLA_FLAGS"] = env.get("XLA_FLAGS", "").replace(
-        "--xla_force_host_platform_device_count=8", ""
-    )
+    flags = [f for f in env.get("XLA_FLAGS", "").split() if "device_count" not in f]
+    env["XLA_FLAGS"] = " ".join(flags)
+    if not flags:
+        del env["XLA_FLAGS"]  # XLA reads a blank value as a file name
+    if devices > 1:
+        env["XLA_FLAGS"] += f" --xla_force_host_platform_device_count={devices}"
     return env
 
 
@@ -43,25 +47,70 @@ def train_command(model_dir, data_dir, *bindings: str) -> list[str]:
     ]
 
 
-def start(model_dir, data_dir, *bindings: str, log=None, cache=None) -> subprocess.Popen:
+def start(
+    model_dir, data_dir, *bindings: str, log=None, cache=None, devices: int = 1
+) -> subprocess.Popen:
     return subprocess.Popen(
         train_command(model_dir, data_dir, *bindings),
         cwd=REPO,
-        env=subprocess_env(cache),
+        env=subprocess_env(cache, devices),
         stdout=log or subprocess.DEVNULL,
         stderr=subprocess.STDOUT,
     )
 
 
-def run_to_completion(model_dir, data_dir, *bindings: str, cache=None, timeout=600) -> None:
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def process_log(model_dir, process_id: int) -> str:
+    return f"{model_dir}.process{process_id}.log"
+
+
+def start_job(model_dir, data_dir, *bindings: str, processes: int = 2, cache=None) -> list:
+    """One run over several processes on 127.0.0.1 (one CPU device each), logs beside model_dir."""
+    job = (f"--coordinator_address=127.0.0.1:{free_port()}", f"--num_processes={processes}")
+    started = []
+    for i in range(processes):
+        with open(process_log(model_dir, i), "ab") as log:
+            started.append(
+                start(
+                    model_dir, data_dir, *job, f"--process_id={i}", *bindings, log=log, cache=cache
+                )
+            )
+    return started
+
+
+def log_tail(path, chars: int = 4000) -> str:
+    with open(path, encoding="utf-8", errors="replace") as f:
+        return f.read()[-chars:]
+
+
+def run_job_to_completion(model_dir, data_dir, *bindings: str, cache=None, timeout=600) -> None:
+    """Runs a two-process job to its end; a failure shows every process's log tail."""
+    job = start_job(model_dir, data_dir, *bindings, cache=cache)
+    deadline = time.monotonic() + timeout
+    try:
+        codes = [p.wait(timeout=max(1.0, deadline - time.monotonic())) for p in job]
+    finally:
+        for p in job:
+            p.kill()
+    if any(codes):
+        tails = [log_tail(process_log(model_dir, i)) for i in range(len(job))]
+        raise AssertionError(f"exit codes {codes}:\n" + "\n---\n".join(tails))
+
+
+def run_to_completion(
+    model_dir, data_dir, *bindings: str, cache=None, timeout=600, devices: int = 1
+) -> None:
     log_path = f"{model_dir}.log"
     with open(log_path, "ab") as log:
-        process = start(model_dir, data_dir, *bindings, log=log, cache=cache)
+        process = start(model_dir, data_dir, *bindings, log=log, cache=cache, devices=devices)
         code = process.wait(timeout=timeout)
     if code:
-        with open(log_path, encoding="utf-8", errors="replace") as f:
-            tail = f.read()[-4000:]
-        raise AssertionError(f"training exited with {code}:\n{tail}")
+        raise AssertionError(f"training exited with {code}:\n{log_tail(log_path)}")
 
 
 def logged_steps(model_dir) -> int:
