@@ -22,7 +22,6 @@ from collections.abc import Sequence
 
 import gin
 import jax
-import orbax.checkpoint as ocp
 from etils import epath
 
 from codegen2_jax import checkpointing, gin_config, hf, optim, partitioning, sampling, train_state
@@ -106,7 +105,8 @@ def restore_checkpoint(directory: str, config: TransformerConfig):
     abstract, shardings = train_state.state_shardings(
         model, optim.make_optimizer(), shape, _single_device()
     )
-    with checkpointing.Checkpointer(directory, async_save=False) as checkpointer:
+    # Read-only: a running job's in-progress save must not be set aside by a reader.
+    with checkpointing.Checkpointer(directory, read_only=True) as checkpointer:
         restored = checkpointer.restore_latest(abstract, shardings)
     if restored is None:
         raise FileNotFoundError(f"no valid checkpoint in {directory}")
@@ -116,20 +116,14 @@ def restore_checkpoint(directory: str, config: TransformerConfig):
 
 
 def latest_gin_config(directory: str) -> str:
-    """The gin config text stored with the newest committed step of a Checkpointer directory."""
+    """The gin config text stored with the newest intact step of a Checkpointer directory."""
     if not epath.Path(directory).is_dir():
         raise FileNotFoundError(f"no checkpoint directory {directory}")
-    manager = ocp.CheckpointManager(
-        directory, item_handlers={checkpointing.MANIFEST: ocp.handlers.JsonCheckpointHandler()}
-    )
-    try:
-        if manager.latest_step() is None:
-            raise FileNotFoundError(f"no committed checkpoint in {directory}")
-        args = ocp.args.Composite(**{checkpointing.MANIFEST: ocp.args.JsonRestore()})
-        manifest = manager.restore(manager.latest_step(), args=args)[checkpointing.MANIFEST]
-    finally:
-        manager.close()
-    return manifest["gin_config"]
+    with checkpointing.Checkpointer(directory, read_only=True) as checkpointer:
+        text = checkpointer.latest_gin_config()
+    if text is None:
+        raise FileNotFoundError(f"no committed checkpoint in {directory}")
+    return text
 
 
 class HFTokenizerVocabulary:
