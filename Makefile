@@ -1,5 +1,7 @@
 # One venv for everything; `make demo` and `make test` create it on first use.
+SHELL := /bin/bash
 PYTHON ?= python3
+DEMO_DIR ?= runs/demo
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
@@ -21,7 +23,13 @@ $(VENV)/.installed: setup.py
 	touch $@
 
 demo: venv
-	$(PY) -m codegen2_jax.main --gin_file=experiments/demo_cpu.gin --gin.MODEL_DIR="'runs/demo'"
+	$(PY) -m codegen2_jax.main --gin_file=experiments/demo_cpu.gin --gin.MODEL_DIR="'$(DEMO_DIR)'"
+	$(PY) -m codegen2_jax.plot_curves --model_dir=$(DEMO_DIR)
+	$(PY) -m codegen2_jax.sample_cli --checkpoint_dir=$(DEMO_DIR)/checkpoints \
+	    --prompt=$$'import os\n\n\ndef ' --max_new_tokens=64
+	$(PY) -m codegen2_jax.sample_cli --checkpoint_dir=$(DEMO_DIR)/checkpoints \
+	    --prefix=$$'def read_lines(path):\n    with open(path) as f:\n        ' \
+	    --suffix=$$'\n    return lines\n' --max_new_tokens=32
 
 test: venv
 	$(PY) -m ruff check .

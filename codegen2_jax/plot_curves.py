@@ -1,4 +1,5 @@
-"""Renders a run's loss curves (training, and held-out loss per task and objective) to a PNG.
+"""Renders a run's loss curves (training, and held-out loss per task and objective) to a PNG
+and prints the last value of each curve.
 
 python -m codegen2_jax.plot_curves --model_dir=runs/demo [--out=runs/demo/loss_curves.png]
 """
@@ -31,6 +32,14 @@ def loss_series(model_dir: str) -> dict[str, tuple[list[int], list[float]]]:
     return series
 
 
+def final_losses_table(series: dict[str, tuple[list[int], list[float]]]) -> str:
+    """A Markdown table of each curve's last step and value."""
+    rows = ["| curve | step | loss |", "|---|---|---|"]
+    for name, (steps, values) in sorted(series.items()):
+        rows.append(f"| {name} | {steps[-1]} | {values[-1]:.4f} |")
+    return "\n".join(rows)
+
+
 def plot(model_dir: str, out: str) -> str:
     figure, axes = pyplot.subplots(figsize=(8, 5))
     for name, (steps, values) in sorted(loss_series(model_dir).items()):
@@ -51,7 +60,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--model_dir", required=True, help="The run's MODEL_DIR.")
     parser.add_argument("--out", help="PNG path (default: MODEL_DIR/loss_curves.png).")
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
-    print(plot(args.model_dir, args.out or os.path.join(args.model_dir, "loss_curves.png")))
+    out = plot(args.model_dir, args.out or os.path.join(args.model_dir, "loss_curves.png"))
+    print(final_losses_table(loss_series(args.model_dir)))
+    print(f"loss curves: {out}")
 
 
 if __name__ == "__main__":
