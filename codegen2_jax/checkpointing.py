@@ -132,6 +132,8 @@ class Checkpointer:
         read_only: bool = False,
     ):
         self.directory = epath.Path(directory)
+        if "://" not in str(directory):
+            self.directory = self.directory.absolute()  # orbax refuses relative paths
         self.read_only = read_only
         options = ocp.CheckpointManagerOptions(
             preservation_policy=ocp.checkpoint_managers.LatestN(n=max_to_keep),

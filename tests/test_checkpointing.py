@@ -444,3 +444,9 @@ def test_two_processes_each_restore_their_own_data_position(tmp_path):
 if __name__ == "__main__":
     port, directory, process_id = sys.argv[1:]
     two_process_worker(int(process_id), int(port), directory)
+
+
+def test_relative_directory_is_accepted(tmp_path, monkeypatch, setup):
+    monkeypatch.chdir(tmp_path)
+    save_steps("runs/relative", {1: setup[2]})
+    assert restore("runs/relative", setup).step == 1
