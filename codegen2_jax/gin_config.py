@@ -25,11 +25,25 @@ class _GinPackageProbeFilter(logging.Filter):
 _PROBE_FILTER = _GinPackageProbeFilter()
 
 
+def _search_gin_dir_first() -> None:
+    """Puts gin/ ahead of the working directory on gin's include search path.
+
+    Otherwise an include such as 'runs/pretrain.gin' is looked up in the working directory
+    first, where a user's own runs/ folder either shadows it or, as a Python namespace
+    package, crashes gin's package-resource probe. gin only appends search paths, so the
+    order is set on its (private) prefix list.
+    """
+    prefixes = gin.config._LOCATION_PREFIXES  # noqa: SLF001
+    if str(GIN_DIR) in prefixes:
+        prefixes.remove(str(GIN_DIR))
+    prefixes.insert(0, str(GIN_DIR))
+
+
 def parse(files: Sequence[str], bindings: Sequence[str] = ()) -> None:
     """Clears gin and parses files (relative to gin/ or absolute) plus binding strings."""
     logging.getLogger().addFilter(_PROBE_FILTER)  # idempotent: a filter is added once
     gin.clear_config(clear_constants=True)
-    gin.add_config_file_search_path(str(GIN_DIR))
+    _search_gin_dir_first()
     files = [str(GIN_DIR / f) if (GIN_DIR / f).is_file() else f for f in files]
     gin.parse_config_files_and_bindings(files, list(bindings), finalize_config=False)
 

@@ -42,3 +42,16 @@ def test_mesh_file_builds_a_partitioner(path):
     partitioner = gin_config.configured(partitioning.make_partitioner)()
     assert partitioner.mesh.axis_names == partitioning.MESH_AXES
     assert partitioner.mesh.size == 8
+
+
+def test_includes_resolve_to_gin_dir_whatever_the_working_directory_holds(tmp_path, monkeypatch):
+    # A runs/ folder (a Python namespace package) and a look-alike file must not interfere.
+    (tmp_path / "runs" / "demo").mkdir(parents=True)
+    (tmp_path / "models").mkdir()
+    (tmp_path / "models" / "base.gin").write_text("this is not gin")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import tasks  # noqa: F401  (the experiment binds task parameters)
+
+    gin_config.parse(["experiments/tiny_cpu.gin"], ["MODEL_DIR = 'runs/x'"])
+    assert gin_config.configured(TransformerConfig)().num_layers == 2
