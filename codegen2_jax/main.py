@@ -27,18 +27,44 @@ flags.DEFINE_multi_string("gin_bindings", [], "Extra gin bindings (also --gin.NA
 flags.DEFINE_string("coordinator_address", None, "host:port of process 0 (multi-process CPU/GPU).")
 flags.DEFINE_integer("num_processes", None, "Processes in the run (with coordinator_address).")
 flags.DEFINE_integer("process_id", None, "This process's index (with coordinator_address).")
+flags.DEFINE_integer(
+    "initialization_timeout_s", 300, "How long processes wait for each other at start-up."
+)
+flags.DEFINE_integer(
+    "heartbeat_timeout_s",
+    60,
+    "jax.distributed's own limit on a silent process (a backstop for train's peer_timeout_s).",
+)
+flags.DEFINE_integer(
+    "shutdown_timeout_s", 60, "How long a finished process waits for the others at exit."
+)
 
 
 def initialize_distributed() -> None:
-    """Joins the multi-process runtime: explicit flags, or TPU-VM auto-detection."""
+    """Joins the multi-process runtime: explicit flags, or TPU-VM auto-detection.
+
+    Every wait on another process is bounded: start-up by initialization_timeout_s, a silent
+    process by heartbeat_timeout_s (jax.distributed then terminates the others, naming it),
+    the exit barrier by shutdown_timeout_s.
+    """
+    timeouts = dict(
+        initialization_timeout=FLAGS.initialization_timeout_s,
+        heartbeat_timeout_seconds=FLAGS.heartbeat_timeout_s,
+        shutdown_timeout_seconds=FLAGS.shutdown_timeout_s,
+    )
     if FLAGS.coordinator_address:
+        # Cross-process collectives between CPU devices (the loopback test bed) need gloo;
+        # the setting is inert for accelerator devices.
+        jax.config.update("jax_cpu_collectives_implementation", "gloo")
         jax.distributed.initialize(
             FLAGS.coordinator_address,
             num_processes=FLAGS.num_processes,
             process_id=FLAGS.process_id,
+            **timeouts,
         )
     elif os.environ.get("TPU_WORKER_HOSTNAMES", "").count(",") > 0:
-        jax.distributed.initialize()  # multi-host TPU slice: peers come from the metadata server
+        # Multi-host TPU slice: peers come from the metadata server.
+        jax.distributed.initialize(**timeouts)
     logging.info("process %d of %d", jax.process_index(), jax.process_count())
 
 

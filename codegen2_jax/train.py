@@ -11,7 +11,7 @@ from collections.abc import Callable, Sequence
 import jax
 import optax
 
-from codegen2_jax import checkpointing, metrics, train_state, trainer
+from codegen2_jax import checkpointing, metrics, train_state, trainer, watchdog
 from codegen2_jax.data import pipeline
 from codegen2_jax.evaluation.perplexity import Evaluator
 from codegen2_jax.model import Decoder, TransformerConfig
@@ -42,12 +42,27 @@ def train(
     checkpoint_every: int = 100,
     keep_checkpoints: int = 3,
     max_consecutive_skips: int = 3,
+    data_shards: int | None = None,
+    step_timeout_s: float = 600.0,
+    slow_op_timeout_s: float = 1800.0,
+    peer_timeout_s: float = 30.0,
     config_text: str = "",
 ) -> dict[str, float]:
     """Trains on train_task for total_steps global batches of batch_size x seq_len tokens.
 
     Resumes from the newest valid checkpoint under model_dir/checkpoints at its exact data
     position. SIGTERM (TPU-VM preemption) saves at the current step and returns normally.
+    A watchdog aborts the process (watchdog.EXIT_CODE) when a step or a slow operation
+    overruns its limit or, in multi-process runs, another process falls silent.
+
+    Args (the less obvious ones):
+      data_shards: how many shards the data is split into (default: one per process); each
+        process reads data_shards / process_count of them, so runs over different process
+        counts with the same data_shards see the same global batches.
+      step_timeout_s: limit for one training step.
+      slow_op_timeout_s: limit for compilation, checkpoint restore, save and commit waits,
+        and evaluation.
+      peer_timeout_s: how long another process may send no heartbeat.
 
     Returns:
       The last logged training scalars and the final evaluation.
@@ -55,14 +70,7 @@ def train(
     model = Decoder(model_config)
     shape = (batch_size, seq_len)
     abstract, shardings = train_state.state_shardings(model, optimizer, shape, partitioner)
-    data = pipeline.make_iterator(
-        train_task,
-        feature_lengths={"targets": seq_len},
-        batch_size=batch_size // jax.process_count(),
-        seed=seed,
-        shard_index=jax.process_index(),
-        num_shards=jax.process_count(),
-    )
+    data = _host_batches(train_task, seq_len, batch_size, seed, data_shards)
     checkpointer = checkpointing.Checkpointer(
         os.path.join(model_dir, "checkpoints"), max_to_keep=keep_checkpoints
     )
@@ -72,41 +80,84 @@ def train(
         out_shardings=(shardings, None),
         donate_argnums=0,
     )
-    loop = Loop(
-        step_fn=step_fn,
-        next_batch=lambda: partitioner.global_batch(next(data)),
-        save=lambda state: checkpointer.save(
-            int(state.step), state, data.save_position(), config_text
-        ),
-        evaluate=Evaluator(
-            model,
-            partitioner,
-            shardings.params,
-            eval_tasks,
-            seq_len=seq_len,
-            batch_size=batch_size,
-            num_batches=eval_batches,
-        ),
-        progress=metrics.Progress(model_config, seq_len, batch_size * seq_len, total_steps),
-        writer=metrics.make_writer(model_dir),
-        total_steps=total_steps,
-        log_every=log_every,
-        checkpoint_every=checkpoint_every,
-        eval_every=eval_every,
-        max_consecutive_skips=max_consecutive_skips,
+    dog = watchdog.Watchdog.for_this_process(
+        step_timeout_s=step_timeout_s,
+        slow_op_timeout_s=slow_op_timeout_s,
+        peer_timeout_s=peer_timeout_s,
     )
-    try:
-        with partitioner.activate():
-            restored = checkpointer.restore_latest(abstract, shardings)
-            if restored is None:
-                state = train_state.init_train_state(model, optimizer, shape, partitioner, seed)
-            else:
-                data.restore_position(restored.data_position)
-                state = restored.state
-            return loop.run(state)
-    finally:
-        loop.writer.close()
-        checkpointer.close()
+    with dog:
+        loop = Loop(
+            step_fn=step_fn,
+            next_batch=lambda: partitioner.global_batch(next(data)),
+            save=lambda state: checkpointer.save(
+                int(state.step), state, data.save_position(), config_text
+            ),
+            evaluate=Evaluator(
+                model,
+                partitioner,
+                shardings.params,
+                eval_tasks,
+                seq_len=seq_len,
+                batch_size=batch_size,
+                num_batches=eval_batches,
+            ),
+            progress=metrics.Progress(model_config, seq_len, batch_size * seq_len, total_steps),
+            writer=metrics.make_writer(model_dir),
+            total_steps=total_steps,
+            log_every=log_every,
+            checkpoint_every=checkpoint_every,
+            eval_every=eval_every,
+            max_consecutive_skips=max_consecutive_skips,
+            watchdog=dog,
+        )
+        try:
+            with partitioner.activate():
+                with dog.slow_op("checkpoint restore or state initialisation"):
+                    state = _restore_or_init(
+                        checkpointer,
+                        data,
+                        abstract,
+                        shardings,
+                        lambda: train_state.init_train_state(
+                            model, optimizer, shape, partitioner, seed
+                        ),
+                    )
+                return loop.run(state)
+        except Exception:
+            dog.settle()  # a lost process explains the error: it is named, and aborts, here
+            raise
+        finally:
+            with dog.slow_op("the last checkpoint commit"):
+                loop.writer.close()
+                checkpointer.close()
+
+
+def _restore_or_init(checkpointer, data, abstract, shardings, init: Callable):
+    """The newest valid checkpoint's state (moving data to its position), else init()."""
+    restored = checkpointer.restore_latest(abstract, shardings)
+    if restored is None:
+        return init()
+    data.restore_position(restored.data_position)
+    return restored.state
+
+
+def _host_batches(
+    task: str, seq_len: int, batch_size: int, seed: int, data_shards: int | None
+) -> pipeline.BatchIterator:
+    """This process's rows of each global batch, read from its own data shards."""
+    process_count = jax.process_count()
+    if batch_size % process_count:
+        raise ValueError(f"batch_size {batch_size} does not split over {process_count} processes")
+    num_shards = data_shards or process_count
+    dataset = pipeline.make_host_dataset(
+        task,
+        shards=pipeline.host_shards(num_shards, jax.process_index(), process_count),
+        num_shards=num_shards,
+        feature_lengths={"targets": seq_len},
+        batch_size=batch_size // process_count,
+        seed=seed,
+    )
+    return pipeline.BatchIterator(dataset)
 
 
 @dataclasses.dataclass
@@ -128,17 +179,21 @@ class Loop:
     checkpoint_every: int
     eval_every: int
     max_consecutive_skips: int
+    watchdog: watchdog.Watchdog
 
     def run(self, state) -> dict[str, float]:
         stop = _StopOnSigterm()
         step = int(state.step)
         self.progress.start(step)
         summary, window, previous = {}, [], None
+        # Steps finish one behind their dispatch; the first also compiles.
+        self.watchdog.expect(f"step {step + 1} (with compilation)", self.watchdog.slow_op_timeout_s)
         while step < self.total_steps and not stop.received:
             state, step_metrics = self.step_fn(state, self.next_batch())
             step += 1
             if previous is not None:
                 self._check_finite(step - 1, previous)
+                self.watchdog.expect(f"step {step}")
             previous = step_metrics
             window.append(step_metrics)
             if step % self.log_every == 0 or step == self.total_steps:
@@ -147,14 +202,18 @@ class Loop:
             if self.eval_every and step % self.eval_every == 0:
                 summary.update(self._evaluate(step, state))
             if step % self.checkpoint_every == 0:
-                self.save(state)
+                self._save(step, state)
         if previous is not None:
             self._check_finite(step, previous)
         if step % self.checkpoint_every:
-            self.save(state)  # the final or preempted step
+            self._save(step, state)  # the final or preempted step
         if self.evaluate.tasks and not stop.received:
             summary.update(self._evaluate(step, state))
         return summary
+
+    def _save(self, step: int, state) -> None:
+        with self.watchdog.slow_op(f"checkpoint save at step {step}"):
+            self.save(state)
 
     def _check_finite(self, step: int, step_metrics) -> None:
         skips = int(step_metrics["consecutive_skips"])
@@ -179,7 +238,8 @@ class Loop:
         return scalars
 
     def _evaluate(self, step: int, state) -> dict[str, float]:
-        results = self.evaluate(state.params)
+        with self.watchdog.slow_op(f"evaluation at step {step}"):
+            results = self.evaluate(state.params)
         self.writer.write_scalars(step, results)
         for name, value in sorted(results.items()):
             logging.info("step %d | %s %.4f", step, name, value)

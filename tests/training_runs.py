@@ -1,5 +1,6 @@
 """Helpers for tests that run the real training entry point in subprocesses."""
 
+import json
 import os
 import socket
 import subprocess
@@ -11,8 +12,6 @@ import numpy as np
 
 from codegen2_jax import checkpointing, gin_config, metrics, optim, partitioning, train_state
 from codegen2_jax.model import Decoder, TransformerConfig
-
-REPO = gin_config.GIN_DIR.parent
 
 
 def subprocess_env(compilation_cache: str | None = None, devices: int = 1) -> dict[str, str]:
@@ -27,11 +26,11 @@ def subprocess_env(compilation_cache: str | None = None, devices: int = 1) -> di
         env["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
         env["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"] = "0"
     flags = [f for f in env.get("XLA_FLAGS", "").split() if "device_count" not in f]
+    if devices > 1:
+        flags.append(f"--xla_force_host_platform_device_count={devices}")
     env["XLA_FLAGS"] = " ".join(flags)
     if not flags:
         del env["XLA_FLAGS"]  # XLA reads a blank value as a file name
-    if devices > 1:
-        env["XLA_FLAGS"] += f" --xla_force_host_platform_device_count={devices}"
     return env
 
 
@@ -50,9 +49,11 @@ def train_command(model_dir, data_dir, *bindings: str) -> list[str]:
 def start(
     model_dir, data_dir, *bindings: str, log=None, cache=None, devices: int = 1
 ) -> subprocess.Popen:
+    # Not the checkout as working directory: a runs/ folder there (make demo's output) would
+    # be found as a namespace package by gin's probe of `include 'runs/...'`, which then fails.
     return subprocess.Popen(
         train_command(model_dir, data_dir, *bindings),
-        cwd=REPO,
+        cwd=os.path.dirname(os.path.abspath(model_dir)),
         env=subprocess_env(cache, devices),
         stdout=log or subprocess.DEVNULL,
         stderr=subprocess.STDOUT,
@@ -83,9 +84,13 @@ def start_job(model_dir, data_dir, *bindings: str, processes: int = 2, cache=Non
     return started
 
 
-def log_tail(path, chars: int = 4000) -> str:
+def log_tail(path, chars: int | None = 4000) -> str:
     with open(path, encoding="utf-8", errors="replace") as f:
-        return f.read()[-chars:]
+        return f.read()[-chars:] if chars else f.read()
+
+
+def read_process_log(model_dir, process_id: int) -> str:
+    return log_tail(process_log(model_dir, process_id), chars=None)
 
 
 def run_job_to_completion(model_dir, data_dir, *bindings: str, cache=None, timeout=600) -> None:
@@ -155,3 +160,16 @@ def restore_final_state(model_dir):
     finally:
         checkpointer.close()
     return restored.step, [np.asarray(x) for x in jax.tree.leaves(restored.state)]
+
+
+def final_fingerprints(model_dir) -> tuple[int, dict]:
+    """The newest checkpoint's step and SHA-256 of every array, from its manifest.
+
+    Reads no arrays, so it works for checkpoints of any process count; the manifest's seal and
+    the hashes were verified whenever a run restored that step.
+    """
+    directory = os.path.join(model_dir, "checkpoints")
+    step = max(int(name) for name in os.listdir(directory) if name.isdigit())
+    with open(os.path.join(directory, str(step), "manifest", "metadata"), encoding="utf-8") as f:
+        manifest = json.load(f)
+    return step, manifest["arrays"]

@@ -15,7 +15,7 @@ import os
 import pathlib
 import tempfile
 import zipfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 
 import numpy as np
 import seqio
@@ -66,6 +66,56 @@ def make_dataset(
     options = tf.data.Options()
     options.deterministic = True
     return dataset.with_options(options).prefetch(tf.data.AUTOTUNE)
+
+
+def host_shards(num_shards: int, process_index: int, process_count: int) -> range:
+    """The data shards one process reads: [p*k, (p+1)*k) with k = num_shards / process_count.
+
+    Data shards are independent of processes, so a run over fewer processes with the same
+    num_shards reads exactly the rows a run over more processes reads.
+    """
+    if num_shards % process_count:
+        raise ValueError(f"{num_shards} data shards do not divide over {process_count} processes")
+    k = num_shards // process_count
+    return range(process_index * k, (process_index + 1) * k)
+
+
+def make_host_dataset(
+    mixture_or_task_name: str,
+    *,
+    shards: Sequence[int],
+    num_shards: int,
+    batch_size: int,
+    **kwargs,
+) -> tf.data.Dataset:
+    """Batches of batch_size rows: an equal part from each of `shards`, concatenated in order.
+
+    Args:
+      mixture_or_task_name: as for make_dataset.
+      shards: the shard indices this host reads (host_shards).
+      num_shards: the total number of data shards.
+      batch_size: rows per batch on this host, a multiple of len(shards).
+      **kwargs: the other make_dataset arguments.
+    """
+    if batch_size % len(shards):
+        raise ValueError(f"a batch of {batch_size} rows does not split over {len(shards)} shards")
+    parts = [
+        make_dataset(
+            mixture_or_task_name,
+            batch_size=batch_size // len(shards),
+            shard_index=shard,
+            num_shards=num_shards,
+            **kwargs,
+        )
+        for shard in shards
+    ]
+    if len(parts) == 1:
+        return parts[0]
+    return tf.data.Dataset.zip(tuple(parts)).map(_concatenate)
+
+
+def _concatenate(*batches: Mapping[str, tf.Tensor]) -> dict[str, tf.Tensor]:
+    return {name: tf.concat([batch[name] for batch in batches], axis=0) for name in batches[0]}
 
 
 class BatchIterator(Iterator[dict[str, np.ndarray]]):
