@@ -124,6 +124,7 @@ def train(
                     )
                 return loop.run(state)
         except Exception:
+            logging.exception("training failed; first checking whether a process was lost")
             dog.settle()  # a lost process explains the error: it is named, and aborts, here
             raise
         finally:

@@ -228,7 +228,7 @@ class Watchdog:
             states = self._heartbeats.peer_states().values()
             if all(s in ("stopped", "failed") for s in states):
                 return
-            self._check()
+            self.check()
             time.sleep(0.1)
 
     def stop(self) -> None:
@@ -243,7 +243,8 @@ class Watchdog:
     def __exit__(self, *exc_info) -> None:
         self.stop()
 
-    def _check(self) -> None:
+    def check(self) -> None:
+        """Aborts when the current unit of work is overdue or a peer fell silent."""
         pid = jax.process_index()
         lost = self._heartbeats and self._heartbeats.silent(
             self.peer_timeout_s, self.slow_op_timeout_s
@@ -269,7 +270,7 @@ class Watchdog:
             if now - last > 5.0:  # this thread itself did not run: SIGSTOP, or a starved host
                 self._paused_s = now - last
             last = now
-            self._check()
+            self.check()
 
     def _own_pause(self) -> str:
         if not self._paused_s:
