@@ -7,6 +7,11 @@ t5x conventions: gin files are found on the repo's gin/ search path, `--gin.NAME
 binds one value, and the full config is written to MODEL_DIR/config.gin before training (each
 checkpoint stores it too). The last logged metrics and the final evaluation go to
 MODEL_DIR/final_metrics.json.
+
+Several processes (hosts, or one machine as their test bed) each run the same command with
+--coordinator_address=HOST:PORT --num_processes=N --process_id=I; TPU-VM slices need none of
+these. A process that loses another, or stalls, exits with watchdog.EXIT_CODE; restarting all
+of them resumes from the last checkpoint.
 """
 
 from __future__ import annotations
@@ -66,6 +71,10 @@ def initialize_distributed() -> None:
         # Multi-host TPU slice: peers come from the metadata server.
         jax.distributed.initialize(**timeouts)
     logging.info("process %d of %d", jax.process_index(), jax.process_count())
+    if jax.process_count() > 1:
+        # When process 0 dies, jax.distributed ends the others at once with its own message,
+        # which calls process 0 "the leader task".
+        logging.info("process 0 runs the coordination service ('the leader task' in its errors)")
 
 
 def write_config(model_dir: str, text: str) -> None:
