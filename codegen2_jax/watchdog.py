@@ -73,7 +73,8 @@ class Heartbeats:
         self._answered = now  # when the coordinator last answered
         self._counter = 0
         self._state = "running"
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # guards _peers and _answered
+        self._beat_lock = threading.Lock()  # one beat at a time, so the last state set wins
         self._stopped = threading.Event()
         self._thread = threading.Thread(target=self._run, name="heartbeats", daemon=True)
 
@@ -93,10 +94,12 @@ class Heartbeats:
 
     def beat(self) -> None:
         """Publishes the next counter value and reads every peer's last beat."""
-        self._counter += 1
-        key = f"{_KEY_PREFIX}{self._index}"
-        self._client.key_value_set(key, f"{self._counter} {self._state}", allow_overwrite=True)
-        beats = dict(self._client.key_value_dir_get(_KEY_PREFIX))
+        with self._beat_lock:
+            self._counter += 1
+            key = f"{_KEY_PREFIX}{self._index}"
+            value = f"{self._counter} {self._state}"
+            self._client.key_value_set(key, value, allow_overwrite=True)
+            beats = dict(self._client.key_value_dir_get(_KEY_PREFIX))
         now = self._clock()
         with self._lock:
             self._answered = now
@@ -130,7 +133,7 @@ class Heartbeats:
         return self.silent(3 * self._interval_s, 3 * self._interval_s)
 
     def peer_states(self) -> dict[int, str]:
-        """Each peer's last published state ("running", "stopped", "failed: ...")."""
+        """Each peer's last published state: "running", "failed" or "stopped"."""
         with self._lock:
             return {p: value.partition(" ")[2] for p, (value, _) in self._peers.items()}
 
@@ -232,10 +235,13 @@ class Watchdog:
             time.sleep(0.1)
 
     def stop(self) -> None:
-        """Stops watching; peers are told this process stopped on purpose."""
-        self._stopped.set()
+        """Stops watching; peers are told this process stopped on purpose.
+
+        The thread watches until the telling is done, in case the coordinator does not answer.
+        """
         if self._heartbeats is not None:
             self._heartbeats.stop()
+        self._stopped.set()
 
     def __enter__(self) -> Watchdog:
         return self
@@ -260,7 +266,9 @@ class Watchdog:
             self._on_abort(
                 f"process {pid}: watchdog: {self._activity} did not finish within "
                 f"{self._timeout_s:.0f} s; stopping so that all processes can restart from "
-                "the last checkpoint." + (f" Quiet peers: {'; '.join(peers)}." if peers else "")
+                "the last checkpoint."
+                + (f" Quiet peers: {'; '.join(peers)}." if peers else "")
+                + self._own_pause()
             )
 
     def _run(self) -> None:
