@@ -1,0 +1,228 @@
+"""The lessons' sampling metrics for one trained arm: held-out infill and HumanEval.
+
+- Held-out single-line infill: short functions from the validation split of the embedded
+  corpus (standard-library modules whose path hashes into validation, so no training file
+  holds them); one body line is masked and the first line of the fill must equal it (exact
+  match, surrounding whitespace ignored).
+- HumanEval single-line infill (humaneval.infill_tasks, an even spread of the 1033 tasks at
+  smaller scales): exact match, and pass rate with the filled program run against the tests.
+- HumanEval pass@k from completions, where a scale asks for samples.
+
+Everything decodes with codegen2_jax.sampling from the job's newest checkpoint.
+"""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import json
+import os
+from collections.abc import Sequence
+
+import jax
+
+from codegen2_jax import sample_cli, sampling
+from codegen2_jax.evaluation import humaneval
+
+EVAL_FILE = "lessons_eval.json"  # in the job's MODEL_DIR; a rerun reuses it
+BATCH = 64  # rows per decode call: bounds the KV cache of the larger scales
+MIN_LINE_CHARS = 8  # masked lines shorter than this (`pass`, `return`) say too little
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalSettings:
+    """How much to sample for one scale.
+
+    Attributes:
+      stdlib_infill: held-out standard-library functions to infill.
+      humaneval_infill: HumanEval single-line infill tasks (None: all 1033; 0: skip).
+      humaneval_samples: completions per HumanEval problem (0: skip pass@k).
+      temperature: sampling temperature of the completions (0: greedy); infill is greedy.
+      infill_tokens: the longest middle.
+      completion_tokens: the longest completion.
+      max_function_lines: held-out functions longer than this are not used.
+    """
+
+    stdlib_infill: int
+    humaneval_infill: int | None
+    humaneval_samples: int
+    temperature: float = 0.0
+    infill_tokens: int = 32
+    completion_tokens: int = 256
+    max_function_lines: int = 12
+
+
+def _masked_line(node: ast.AST) -> ast.stmt | None:
+    """The middle single-line statement of a function body, after its docstring."""
+    body = node.body
+    if body and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant):
+        body = body[1:]
+    candidates = [s for s in body if s.lineno == s.end_lineno]
+    return candidates[len(candidates) // 2] if candidates else None
+
+
+def function_problems(name: str, source: str, max_lines: int) -> list[dict]:
+    """Single-line infill problems, one per short function of a module's source."""
+    try:
+        tree = ast.parse(source)
+    except (SyntaxError, ValueError):
+        return []
+    lines = source.splitlines(keepends=True)
+    problems = []
+    for node in ast.walk(tree):
+        if not isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+            continue
+        if not 3 <= node.end_lineno - node.lineno + 1 <= max_lines:
+            continue
+        target = _masked_line(node)
+        if target is None or len(lines[target.lineno - 1].strip()) < MIN_LINE_CHARS:
+            continue
+        i, start = target.lineno - 1, node.lineno - 1
+        problems.append(
+            {
+                "task_id": f"{name}:{target.lineno}",
+                "prefix": "".join(lines[start:i]),
+                "suffix": "".join(lines[i + 1 : node.end_lineno]),
+                "line": lines[i],
+            }
+        )
+    return problems
+
+
+def heldout_problems(limit: int, max_lines: int) -> list[dict]:
+    """The first `limit` problems from validation-split modules, in the corpus's hash order."""
+    from codegen2_jax.data import corpus  # imports TensorFlow
+
+    percent = corpus.CodegenStdlib.BUILDER_CONFIGS[0].validation_percent
+    problems: list[dict] = []
+    for rel, path in corpus.stdlib_files():
+        if len(problems) >= limit:
+            break
+        if corpus.split_of(rel, percent) == "validation":
+            source = path.read_text(encoding="utf-8", errors="replace")
+            problems += function_problems(rel, source, max_lines)
+    return problems[:limit]
+
+
+def spread(items: Sequence, limit: int | None) -> list:
+    """`limit` items evenly spaced over the sequence (all of them for None)."""
+    if limit is None or limit >= len(items):
+        return list(items)
+    return [items[i * len(items) // limit] for i in range(limit)]
+
+
+def exact_match(fill: str, line: str) -> bool:
+    """Whether a fill's first line is the masked line, surrounding whitespace ignored."""
+    return fill.split("\n", 1)[0].strip() == line.strip()
+
+
+class ArmSampler:
+    """Greedy infill and sampled completions from one checkpoint, batched.
+
+    Args:
+      model_dir: the job's MODEL_DIR (its checkpoints/ is read, read-only).
+      settings: token limits and temperature.
+      seed: seeds sampling.
+    """
+
+    def __init__(self, model_dir: str, settings: EvalSettings, seed: int):
+        from codegen2_jax.data import vocab  # imports seqio and TensorFlow
+
+        directory = os.path.join(model_dir, "checkpoints")
+        config = sample_cli.model_config_from_gin(sample_cli.latest_gin_config(directory))
+        self.params = sample_cli.restore_checkpoint(directory, config)
+        self.vocab = vocab.default_vocabulary()
+        self.settings = settings
+        self.rng = jax.random.key(seed)
+        self._infill = sampling.make_generate(config, max_new_tokens=settings.infill_tokens)
+        self._complete = sampling.make_generate(
+            config, max_new_tokens=settings.completion_tokens, temperature=settings.temperature
+        )
+        self._calls = 0
+
+    def _key(self) -> jax.Array:
+        self._calls += 1
+        return jax.random.fold_in(self.rng, self._calls)
+
+    def infill(self, pairs: Sequence[tuple[str, str]]) -> list[str]:
+        """The middle for each (prefix, suffix)."""
+        fills = []
+        for start in range(0, len(pairs), BATCH):
+            problems = [list(pair) for pair in pairs[start : start + BATCH]]
+            out = sampling.infill(
+                self._infill,
+                self.params,
+                self.vocab,
+                problems,
+                rng=self._key(),
+                max_new_tokens=self.settings.infill_tokens,
+            )
+            fills += [middles[0] for middles in out]
+        return fills
+
+    def generate(self, prompts: list[str], n: int) -> list[list[str]]:
+        """n completions per prompt (humaneval.Generate)."""
+        flat = [prompt for prompt in prompts for _ in range(n)]
+        texts = []
+        for start in range(0, len(flat), BATCH):
+            texts += sampling.complete(
+                self._complete,
+                self.params,
+                self.vocab,
+                flat[start : start + BATCH],
+                rng=self._key(),
+                max_new_tokens=self.settings.completion_tokens,
+            )
+        return [texts[i * n : (i + 1) * n] for i in range(len(prompts))]
+
+
+def stdlib_infill(sampler: ArmSampler, problems: Sequence[dict]) -> dict[str, float]:
+    """Exact match on held-out standard-library functions."""
+    fills = sampler.infill([(p["prefix"], p["suffix"]) for p in problems])
+    hits = [exact_match(f, p["line"]) for f, p in zip(fills, problems, strict=True)]
+    return {"stdlib_infill_em": sum(hits) / len(hits)}
+
+
+def humaneval_infill(sampler: ArmSampler, limit: int | None) -> dict[str, float]:
+    """Exact match and test pass rate of HumanEval single-line infill."""
+    problems = humaneval.load_problems()
+    tasks = spread(humaneval.infill_tasks(problems), limit)
+    fills = sampler.infill([(t["prefix"], t["suffix"]) for t in tasks])
+    by_pair = {(t["prefix"], t["suffix"]): f for t, f in zip(tasks, fills, strict=True)}
+    report = humaneval.score(
+        "humaneval_infill",
+        humaneval.infill_samples(tasks, lambda prefix, suffix: by_pair[(prefix, suffix)]),
+        problems,
+        ks=(1,),
+    )
+    hits = [exact_match(f, t["line"]) for f, t in zip(fills, tasks, strict=True)]
+    return {
+        "humaneval_infill_em": sum(hits) / len(hits),
+        "humaneval_infill_pass": report.pass_at_k["pass@1"],
+    }
+
+
+def humaneval_pass(sampler: ArmSampler, samples: int) -> dict[str, float]:
+    """HumanEval pass@k for every k in humaneval.KS up to the samples drawn."""
+    (report,) = humaneval.evaluate(sampler.generate, n=samples)
+    return {f"humaneval_{k}": v for k, v in report.pass_at_k.items()}
+
+
+def evaluate_job(model_dir: str, settings: EvalSettings, seed: int) -> dict[str, float]:
+    """The sampling metrics of one job, computed once and kept in MODEL_DIR/EVAL_FILE."""
+    path = os.path.join(model_dir, EVAL_FILE)
+    if os.path.exists(path):
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    sampler = ArmSampler(model_dir, settings, seed)
+    results: dict[str, float] = {}
+    if settings.stdlib_infill:
+        problems = heldout_problems(settings.stdlib_infill, settings.max_function_lines)
+        results |= stdlib_infill(sampler, problems)
+    if settings.humaneval_infill != 0:
+        results |= humaneval_infill(sampler, settings.humaneval_infill)
+    if settings.humaneval_samples:
+        results |= humaneval_pass(sampler, settings.humaneval_samples)
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(results, f, indent=1, sort_keys=True)
+    return results
