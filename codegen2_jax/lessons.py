@@ -258,14 +258,18 @@ def _scale(args: argparse.Namespace) -> Scale:
 def main(argv: Sequence[str] | None = None) -> int:
     """Runs the lessons; exits 1 when an arm has no finished job."""
     args, extra = _parse_args(sys.argv[1:] if argv is None else argv)
-    # force: importing absl (through jax) has already given the root logger a handler;
-    # orbax's per-restore INFO lines, through absl's logger, would bury the progress lines.
-    logging.basicConfig(level=logging.INFO, format="[lessons] %(message)s", force=True)
-    logging.getLogger("absl").setLevel(logging.WARNING)
     lessons = sorted({int(n) for n in args.lessons.split(",")})
     document = run(lessons, _scale(args), args.seeds, os.path.abspath(args.out), extra)
     return 1 if any(not document["arms"].get(arm) for arm in arms_of(lessons)) else 0
 
 
+def _configure_logging() -> None:
+    # force: importing absl (through jax) has already given the root logger a handler;
+    # orbax's per-restore INFO lines, through absl's logger, would bury the progress lines.
+    logging.basicConfig(level=logging.INFO, format="[lessons] %(message)s", force=True)
+    logging.getLogger("absl").setLevel(logging.WARNING)
+
+
 if __name__ == "__main__":
+    _configure_logging()
     sys.exit(main())

@@ -61,11 +61,12 @@ def test_function_problems_mask_a_single_line_body_statement():
 def test_heldout_problems_come_from_validation_modules():
     from codegen2_jax.data import corpus
 
+    percent = corpus.CodegenStdlib.BUILDER_CONFIGS[0].validation_percent
     problems = lessons_eval.heldout_problems(5, max_lines=12)
     assert len(problems) == 5
     for problem in problems:
         module = problem["task_id"].rsplit(":", 1)[0]
-        assert corpus.split_of(module, 5) == "validation"
+        assert corpus.split_of(module, percent) == "validation"
 
 
 def test_exact_match_reads_the_first_line_and_spread_is_even():
