@@ -7,6 +7,7 @@ all-reduces: losses and parameters must match bit for bit. (On one device, the b
 run in another order: losses agree to about 1e-6 relative, not bitwise.)
 """
 
+import functools
 import os
 import signal
 import subprocess
@@ -17,7 +18,9 @@ import pytest
 from codegen2_jax import metrics, watchdog
 from tests import training_runs
 
-STEPS = 20
+STEPS = 24
+PEER_TIMEOUT_S = 5
+STEP_TIMEOUT_S = 10
 BINDINGS = (
     f"--gin.TRAIN_STEPS={STEPS}",
     "--gin.train.train.log_every=1",
@@ -63,9 +66,11 @@ def assert_same_run(model_dir, expected_dir):
     )
 
 
-def start_and_wait_for_step(model_dir, corpus_dir, cache, step: int, *bindings: str) -> list:
+def start_and_run_a_few_steps(model_dir, corpus_dir, cache, *bindings: str) -> list:
+    """Starts the job and returns once it has logged a few more steps than before."""
+    logged = training_runs.logged_steps(model_dir)
     job = training_runs.start_job(model_dir, corpus_dir, *BINDINGS, *bindings, cache=cache)
-    assert training_runs.wait_for_progress(job[0], model_dir, after=step - 1)
+    assert training_runs.wait_for_progress(job[0], model_dir, after=logged + 2), "it ended"
     return job
 
 
@@ -80,70 +85,80 @@ def wait_for_exit(process, limit_s: float) -> tuple[int, float]:
     return code, time.monotonic() - start
 
 
+def log_after(model_dir, offset: int) -> str:
+    """Process 0's log from offset on (one model_dir's logs grow across restarts)."""
+    return training_runs.read_process_log(model_dir, 0)[offset:]
+
+
+def kill_both(job, new_log) -> None:
+    """Both processes vanish at once (a preempted slice)."""
+    del new_log
+    for process in job:
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+
+
+def kill_one(job, new_log) -> None:
+    """SIGKILL process 1: process 0's collective fails at once; its heartbeat names process 1."""
+    job[1].send_signal(signal.SIGKILL)
+    code, seconds = wait_for_exit(job[0], limit_s=60)
+    print(f"\nSIGKILL of process 1: process 0 exited with {code} after {seconds:.1f} s")
+    log = new_log()
+    assert code == watchdog.EXIT_CODE
+    assert "lost contact with the job: process 1 has sent no heartbeat" in log
+    assert seconds < PEER_TIMEOUT_S + 10
+
+
+def freeze_one(job, new_log) -> None:
+    """SIGSTOP process 1: process 0 blocks in a step until its watchdog aborts it.
+
+    Continued afterwards, process 1 finds its own step overdue and aborts as well.
+    """
+    os.kill(job[1].pid, signal.SIGSTOP)
+    code, seconds = wait_for_exit(job[0], limit_s=STEP_TIMEOUT_S + 30)
+    print(f"SIGSTOP of process 1: process 0 exited with {code} after {seconds:.1f} s")
+    os.kill(job[1].pid, signal.SIGCONT)
+    frozen_code, frozen_seconds = wait_for_exit(job[1], limit_s=30)
+    print(f"process 1, continued, exited with {frozen_code} after {frozen_seconds:.1f} s")
+    log = new_log()
+    assert code == watchdog.EXIT_CODE and frozen_code != 0
+    assert f"did not finish within {STEP_TIMEOUT_S} s" in log
+    assert "Quiet peers: process 1 has sent no heartbeat" in log
+    assert seconds < STEP_TIMEOUT_S + 10
+
+
 def test_two_processes_train_exactly_like_one_process(two_processes, reference):
     assert_same_run(two_processes, reference)
     for i in range(2):
         assert f"process {i} of 2" in training_runs.read_process_log(two_processes, i)
 
 
-def test_both_killed_mid_run_resume_exactly(tmp_path, corpus_dir, cache, two_processes):
-    model_dir = tmp_path / "run"
-    job = start_and_wait_for_step(model_dir, corpus_dir, cache, 7)
-    for process in job:
-        process.send_signal(signal.SIGKILL)
-        process.wait()
-    assert training_runs.logged_steps(model_dir) < STEPS
-    training_runs.run_job_to_completion(model_dir, corpus_dir, *BINDINGS, cache=cache)
-    assert_same_run(model_dir, two_processes)
-
-
-def test_a_killed_process_is_named_by_the_other_and_the_run_resumes(
+def test_killed_and_frozen_processes_are_detected_and_the_run_resumes_exactly(
     tmp_path, corpus_dir, cache, two_processes
 ):
-    """SIGKILL process 1: process 0's collective fails at once; its heartbeat names process 1."""
-    peer_timeout_s = 5
-    model_dir = tmp_path / "run"
-    job = start_and_wait_for_step(
-        model_dir, corpus_dir, cache, 6, f"--gin.train.train.peer_timeout_s={peer_timeout_s}"
-    )
-    job[1].send_signal(signal.SIGKILL)
-    code, seconds = wait_for_exit(job[0], limit_s=60)
-    print(f"\nSIGKILL of process 1: process 0 exited with {code} after {seconds:.1f} s")
-    log = training_runs.read_process_log(model_dir, 0)
-    assert code == watchdog.EXIT_CODE
-    assert "lost contact with the job: process 1 has sent no heartbeat" in log
-    assert seconds < peer_timeout_s + 10
-    training_runs.run_job_to_completion(model_dir, corpus_dir, *BINDINGS, cache=cache)
-    assert_same_run(model_dir, two_processes)
+    """One run survives both processes killed, one killed and one frozen, restarting each time.
 
-
-def test_a_frozen_process_trips_the_step_watchdog_and_the_run_resumes(
-    tmp_path, corpus_dir, cache, two_processes
-):
-    """SIGSTOP process 1: process 0 blocks in a step; its watchdog aborts after step_timeout_s.
-
-    Once continued, process 1 finds its own step overdue and aborts as well.
+    The detection limits are short here (the defaults suit real jobs); the frozen case raises
+    peer_timeout_s so that the step watchdog, not the heartbeat, fires.
     """
-    step_timeout_s = 10
     model_dir = tmp_path / "run"
-    job = start_and_wait_for_step(
-        model_dir,
-        corpus_dir,
-        cache,
-        6,
-        f"--gin.train.train.step_timeout_s={step_timeout_s}",
-        "--gin.train.train.peer_timeout_s=120",  # the step watchdog, not the heartbeat, fires
-    )
-    os.kill(job[1].pid, signal.SIGSTOP)
-    code, seconds = wait_for_exit(job[0], limit_s=step_timeout_s + 30)
-    print(f"\nSIGSTOP of process 1: process 0 exited with {code} after {seconds:.1f} s")
-    os.kill(job[1].pid, signal.SIGCONT)
-    frozen_code, frozen_seconds = wait_for_exit(job[1], limit_s=30)
-    print(f"process 1, continued, exited with {frozen_code} after {frozen_seconds:.1f} s")
-    log = training_runs.read_process_log(model_dir, 0)
-    assert code == watchdog.EXIT_CODE and frozen_code != 0
-    assert "watchdog: step" in log and f"did not finish within {step_timeout_s} s" in log
-    assert "Quiet peers: process 1 has sent no heartbeat" in log
-    assert seconds < step_timeout_s + 10
+    interruptions = {
+        kill_both: (),
+        kill_one: (f"--gin.train.train.peer_timeout_s={PEER_TIMEOUT_S}",),
+        freeze_one: (
+            f"--gin.train.train.step_timeout_s={STEP_TIMEOUT_S}",
+            "--gin.train.train.peer_timeout_s=120",
+        ),
+    }
+    started = []
+    try:
+        for interrupt, bindings in interruptions.items():
+            log_start = len(training_runs.read_process_log(model_dir, 0)) if started else 0
+            started += start_and_run_a_few_steps(model_dir, corpus_dir, cache, *bindings)
+            interrupt(started[-2:], functools.partial(log_after, model_dir, log_start))
+    finally:
+        for process in started:
+            process.kill()  # any left after a failed check (a stopped one too)
+    assert max(metrics.read_metrics(model_dir)) < STEPS
     training_runs.run_job_to_completion(model_dir, corpus_dir, *BINDINGS, cache=cache)
     assert_same_run(model_dir, two_processes)
