@@ -13,6 +13,8 @@ import numpy as np
 from codegen2_jax import checkpointing, gin_config, metrics, optim, partitioning, train_state
 from codegen2_jax.model import Decoder, TransformerConfig
 
+REPO = gin_config.GIN_DIR.parent
+
 
 def subprocess_env(compilation_cache: str | None = None, devices: int = 1) -> dict[str, str]:
     """One CPU device per process unless told otherwise (fast, and identical between runs).
@@ -49,11 +51,9 @@ def train_command(model_dir, data_dir, *bindings: str) -> list[str]:
 def start(
     model_dir, data_dir, *bindings: str, log=None, cache=None, devices: int = 1
 ) -> subprocess.Popen:
-    # Not the checkout as working directory: a runs/ folder there (make demo's output) would
-    # be found as a namespace package by gin's probe of `include 'runs/...'`, which then fails.
     return subprocess.Popen(
         train_command(model_dir, data_dir, *bindings),
-        cwd=os.path.dirname(os.path.abspath(model_dir)),
+        cwd=REPO,
         env=subprocess_env(cache, devices),
         stdout=log or subprocess.DEVNULL,
         stderr=subprocess.STDOUT,
