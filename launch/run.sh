@@ -11,7 +11,8 @@
 # --babysit: when training ends and the TPU is PREEMPTED (or otherwise down, or gone), delete,
 # recreate (create.sh), set up the same commit (setup.sh) and run again, at most --max-restarts
 # times (default 5); training resumes from its newest checkpoint. A dropped ssh session (exit
-# 255) on a healthy TPU is relaunched too; any other failure on a healthy TPU stops it.
+# 255) or a watchdog abort (exit 75: a worker was lost or froze) on a healthy TPU is relaunched
+# too; any other failure on a healthy TPU stops it.
 set -euo pipefail
 # shellcheck source-path=SCRIPTDIR source=env.sh
 source "$(dirname "$0")/env.sh"
@@ -19,6 +20,7 @@ source "$(dirname "$0")/env.sh"
 : "${BABYSIT_PAUSE_S:=60}"
 USAGE="usage: run.sh [--dry-run] [--babysit] [--max-restarts N] RUN EXPERIMENT [main.py flags...]"
 SSH_FAILED=255  # what gcloud's ssh returns when the connection itself fails
+WATCHDOG_ABORT=75  # codegen2_jax.watchdog: a lost or frozen process; resuming is the cure
 
 launch() {
   tpu_ssh all "$(quote_args bash "$REMOTE_DIR/launch/worker_train.sh" "$MODEL_DIR" \
@@ -49,7 +51,7 @@ babysit() {
     state="$(tpu_state)"
     if [[ "$state" == READY ]]; then
       ((status != 0)) || { log "training finished"; return 0; }
-      ((status == SSH_FAILED)) || die "training exited $status on a healthy TPU; not relaunching (see launch/logs.sh)"
+      ((status == SSH_FAILED || status == WATCHDOG_ABORT)) || die "training exited $status on a healthy TPU; not relaunching (see launch/logs.sh)"
     fi
     ((restarts < MAX_RESTARTS)) || die "gave up after $restarts restarts (TPU $state, training exit $status)"
     restarts=$((restarts + 1))

@@ -396,3 +396,11 @@ def test_scripts_are_strict_and_executable():
             continue  # sourced: the callers set the options
         assert "set -euo pipefail" in text, script.name
         assert os.access(script, os.X_OK), script.name
+
+
+def test_babysit_relaunches_after_a_watchdog_abort_on_a_healthy_tpu(env, fake_gcloud):
+    answer, calls = fake_gcloud
+    answer(train=[[75, "", "FATAL: lost contact"]], describe=[[0, "READY\n", ""]] * 2)
+    result = run("run.sh", "--babysit", "demo", "experiments/tiny_cpu.gin", env=env)
+    assert calls() == ["train", "describe", "train", "describe"]
+    assert "training finished" in result.stderr
