@@ -2,10 +2,11 @@
 
 - Held-out single-line infill: short functions from the validation split of the embedded
   corpus (standard-library modules whose path hashes into validation, so no training file
-  holds them); one body line is masked and the first line of the fill must equal it (exact
-  match, surrounding whitespace ignored).
+  holds them); one body line is masked and the first non-blank line of the fill must equal it
+  (exact match, surrounding whitespace ignored).
 - HumanEval single-line infill (humaneval.infill_tasks, an even spread of the 1033 tasks at
-  smaller scales): exact match, and pass rate with the filled program run against the tests.
+  smaller scales): exact match, and pass rate with the fill's first non-blank line put in
+  the program and run against the tests.
 - HumanEval pass@k from completions, where a scale asks for samples.
 
 Everything decodes with codegen2_jax.sampling from the job's newest checkpoint.
@@ -111,9 +112,18 @@ def spread(items: Sequence, limit: int | None) -> list:
     return [items[i * len(items) // limit] for i in range(limit)]
 
 
+def first_line(fill: str) -> str:
+    """A fill's first non-blank line, indentation kept ("" when it has none).
+
+    Blank lines before it leave the program unchanged, and small models often start a
+    middle with a newline.
+    """
+    return next((text for text in fill.splitlines() if text.strip()), "")
+
+
 def exact_match(fill: str, line: str) -> bool:
-    """Whether a fill's first line is the masked line, surrounding whitespace ignored."""
-    return fill.split("\n", 1)[0].strip() == line.strip()
+    """Whether a fill's first non-blank line is the masked line, surrounding whitespace ignored."""
+    return first_line(fill).strip() == line.strip()
 
 
 class ArmSampler:
@@ -188,7 +198,7 @@ def humaneval_infill(sampler: ArmSampler, limit: int | None) -> dict[str, float]
     problems = humaneval.load_problems()
     tasks = spread(humaneval.infill_tasks(problems), limit)
     fills = sampler.infill([(t["prefix"], t["suffix"]) for t in tasks])
-    by_pair = {(t["prefix"], t["suffix"]): f for t, f in zip(tasks, fills, strict=True)}
+    by_pair = {(t["prefix"], t["suffix"]): first_line(f) for t, f in zip(tasks, fills, strict=True)}
     report = humaneval.score(
         "humaneval_infill",
         humaneval.infill_samples(tasks, lambda prefix, suffix: by_pair[(prefix, suffix)]),
