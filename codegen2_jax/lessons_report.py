@@ -212,6 +212,8 @@ def plot(document: Mapping, path: str) -> None:
         axis.bar(arms, means, yerr=[v["std"] for v in values])
         if metric in LOWER_IS_BETTER:  # losses differ in the second digit: zoom in
             axis.set_ylim(0.95 * min(means), 1.02 * max(means))
+        else:  # rates from 0, with room when every arm scores 0
+            axis.set_ylim(0, max(0.05, 1.2 * max(means)))
         axis.set_title(f"{title}\n{METRICS[metric]}", fontsize=9)
         axis.tick_params(axis="x", labelsize=8, rotation=20)
     for axis in list(axes.flat)[len(panels) :]:
