@@ -3,6 +3,7 @@
 import json
 import textwrap
 
+import jax
 import pytest
 
 from codegen2_jax import gin_config, lessons, lessons_eval, lessons_report
@@ -116,6 +117,9 @@ def test_table_sets_the_claim_beside_the_measurement():
 
 @pytest.mark.slow  # about a minute: builds the corpus, trains two arms for 3 steps
 def test_smoke_run_writes_results(tmp_path, monkeypatch):
+    # This process evaluates with the session's 8 fake devices: start its backend before the
+    # environment is changed for the training subprocesses (one device each).
+    assert len(jax.devices()) == 8
     env = training_runs.subprocess_env(str(tmp_path / "cache"))
     monkeypatch.delenv("XLA_FLAGS", raising=False)
     for name, value in env.items():
