@@ -8,3 +8,8 @@ if DEVICE_COUNT_FLAG not in os.environ.get("XLA_FLAGS", ""):  # xdist workers in
 os.environ["JAX_PLATFORMS"] = "cpu"
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
+
+
+def pytest_collection_modifyitems(items):
+    """Slow cases first: under xdist both workers start on them and short tests fill in."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)

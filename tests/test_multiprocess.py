@@ -18,6 +18,9 @@ import pytest
 from codegen2_jax import metrics, watchdog
 from tests import training_runs
 
+# Both tests share the module's two-process run: keep them on one xdist worker.
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("multiprocess")]
+
 STEPS = 24
 PEER_TIMEOUT_S = 5
 STEP_TIMEOUT_S = 10
