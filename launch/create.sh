@@ -60,13 +60,7 @@ create_queued() {
   done
 }
 
-while [[ $# -gt 0 ]]; do
-  case "$1" in
-    --dry-run) DRY_RUN=1 ;;
-    *) die "unknown argument $1 (usage: create.sh [--dry-run])" ;;
-  esac
-  shift
-done
+parse_dry_run_only "create.sh [--dry-run]" "$@"
 require PROJECT
 if [[ "$QUEUED" == 1 ]]; then
   create_queued

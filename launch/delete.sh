@@ -6,13 +6,7 @@ set -euo pipefail
 # shellcheck source-path=SCRIPTDIR source=env.sh
 source "$(dirname "$0")/env.sh"
 
-while [[ $# -gt 0 ]]; do
-  case "$1" in
-    --dry-run) DRY_RUN=1 ;;
-    *) die "unknown argument $1 (usage: delete.sh [--dry-run])" ;;
-  esac
-  shift
-done
+parse_dry_run_only "delete.sh [--dry-run]" "$@"
 require PROJECT
 if [[ "$QUEUED" == 1 ]]; then
   run_gcloud compute tpus queued-resources delete "$QUEUED_RESOURCE" --zone="$ZONE" \

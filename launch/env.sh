@@ -41,6 +41,19 @@ die() {
 }
 
 # Fails naming every listed setting that is empty.
+# Scripts whose only option is --dry-run: parse_dry_run_only USAGE "$@".
+parse_dry_run_only() {
+  local usage="$1"
+  shift
+  while [[ $# -gt 0 ]]; do
+    case "$1" in
+      --dry-run) DRY_RUN=1 ;;
+      *) die "unknown argument $1 (usage: $usage)" ;;
+    esac
+    shift
+  done
+}
+
 require() {
   local name missing=()
   for name in "$@"; do

@@ -10,13 +10,7 @@ set -euo pipefail
 # shellcheck source-path=SCRIPTDIR source=env.sh
 source "$(dirname "$0")/env.sh"
 
-while [[ $# -gt 0 ]]; do
-  case "$1" in
-    --dry-run) DRY_RUN=1 ;;
-    *) die "unknown argument $1 (usage: setup.sh [--dry-run])" ;;
-  esac
-  shift
-done
+parse_dry_run_only "setup.sh [--dry-run]" "$@"
 require PROJECT
 COMMIT="$(resolve_commit)"
 archive="${TMPDIR:-/tmp}/codegen2_jax-${COMMIT}.tar.gz"

@@ -143,6 +143,11 @@ def span_corruption_infill(
         max_spans=min(max_spans, vocabulary.num_masks),
         loss_policy=loss_policy,
     )
+    return _apply_infill(dataset, objective, sequence_length)
+
+
+def _apply_infill(dataset, objective, sequence_length) -> tf.data.Dataset:
+    """Chunks documents to fit the objective's output, then renders each as infill."""
     dataset = chunk_documents(dataset, max_tokens=objective.max_tokens(sequence_length))
 
     @seqio.map_over_dataset(num_seeds=3)
@@ -176,13 +181,7 @@ def fim(
         max_spans=1,
         loss_policy=loss_policy,
     )
-    dataset = chunk_documents(dataset, max_tokens=objective.max_tokens(sequence_length))
-
-    @seqio.map_over_dataset(num_seeds=3)
-    def corrupt(example, seeds):
-        return objective(example[features.TARGETS], seeds)
-
-    return corrupt(dataset)
+    return _apply_infill(dataset, objective, sequence_length)
 
 
 def codegen2_mixture(
