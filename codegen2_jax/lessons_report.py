@@ -51,13 +51,12 @@ class Claim:
 
 @dataclasses.dataclass(frozen=True)
 class Lesson:
-    """One lesson of the paper: its arms and claims, or why it cannot run yet."""
+    """One lesson of the paper: its arms and claims."""
 
     number: int
     title: str
     arms: tuple[str, ...]
     claims: tuple[Claim, ...]
-    not_runnable: str = ""
 
 
 def summarize(values: Sequence[float]) -> dict:
@@ -123,7 +122,6 @@ def results(
                 "number": lesson.number,
                 "title": lesson.title,
                 "arms": list(lesson.arms),
-                "not_runnable": lesson.not_runnable,
                 "claims": [judge(c, summaries, skipped) for c in lesson.claims],
             }
             for lesson in lessons
@@ -153,8 +151,6 @@ def lessons_table(document: Mapping) -> str:
     ]
     for lesson in document["lessons"]:
         name = f"{lesson['number']}. {lesson['title']}"
-        if lesson["not_runnable"]:
-            lines.append(f"| {name} | – | – | not runnable: {lesson['not_runnable']} | – | – |")
         for row in lesson["claims"]:
             measured = f"{_value(row['arm_value'])} vs {_value(row['baseline_value'])}"
             lines.append(
@@ -192,6 +188,8 @@ def markdown(document: Mapping) -> str:
     ]
     if skipped:
         parts += ["## Not measured at this scale", "\n".join(skipped)]
+    if document.get("caveats"):
+        parts += ["## Caveats", "\n".join(f"- {text}" for text in document["caveats"])]
     return "\n\n".join(parts) + "\n"
 
 

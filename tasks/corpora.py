@@ -3,6 +3,9 @@
 - ``stdlib_py`` / ``stdlib_nl``: the embedded corpus (codegen2_jax.data.corpus), built on
   first use into ``tasks.stdlib_data_dir.path`` (default: TFDS_DATA_DIR or
   ~/tensorflow_datasets).
+- ``stdlib_py_tenth``: the first 10% of stdlib_py's training documents (about 92k of its
+  1.23M tokens), its validation split whole: the smaller corpus of the multi-epoch lesson
+  (gin/experiments/lessons/multi_epoch.gin).
 - ``the_stack_<language>``: The Stack (v1.x dedup) as distributed, ``<root>/<language>/*.parquet``
   with ``content`` and ``max_stars_repo_*`` columns (jsonl copies with the same fields work
   too); the root is bound in gin: ``tasks.the_stack_root.path = "gs://bucket/the-stack-dedup/data"``.
@@ -83,6 +86,12 @@ for _config in ("python", "natural"):
         "v1",
         corpus.StdlibSource(_config, data_dir=stdlib_data_dir),
     )
+
+register_corpus(
+    "stdlib_py_tenth",
+    "v1",
+    corpus.StdlibSource("python", data_dir=stdlib_data_dir, train_split="train[:10%]"),
+)
 
 for _language, _directory in THE_STACK_LANGUAGES.items():
     register_corpus(

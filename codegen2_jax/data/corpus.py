@@ -247,11 +247,22 @@ class StdlibSource(seqio.DataSource):
       config: "python" or "natural".
       data_dir: TFDS data_dir, or a callable returning it when the dataset is built (e.g. a
         gin-configured one); None: TFDS's default (TFDS_DATA_DIR or ~/tensorflow_datasets).
+      train_split: the TFDS split expression read as "train"; a slice such as "train[:10%]"
+        caps the training corpus (validation stays whole, so capped and full corpora are
+        measured on the same held-out documents).
     """
 
-    def __init__(self, config: str, data_dir: str | Callable[[], str | None] | None = None):
+    def __init__(
+        self,
+        config: str,
+        data_dir: str | Callable[[], str | None] | None = None,
+        train_split: str = "train",
+    ):
+        if not train_split.startswith("train"):
+            raise ValueError(f"train_split must select from 'train', got {train_split!r}")
         self._config = config
         self._data_dir = data_dir
+        self._train_split = train_split
         super().__init__(splits=("train", "validation"))
 
     @property
@@ -272,6 +283,8 @@ class StdlibSource(seqio.DataSource):
         self, split="train", shuffle=True, seed=None, shard_info=None, **unused_kwargs
     ) -> tf.data.Dataset:
         """A split (or this host's even part of it) as {"text", "path", "license"}."""
+        if split == "train":
+            split = self._train_split
         if shard_info and shard_info.num_shards > 1:
             split = tfds.even_splits(split, n=shard_info.num_shards)[shard_info.index]
         read_config = tfds.ReadConfig(shuffle_seed=seed)

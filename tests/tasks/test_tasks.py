@@ -14,7 +14,7 @@ import seqio
 import tensorflow as tf
 
 import tasks
-from codegen2_jax.data import features, pipeline, vocab
+from codegen2_jax.data import corpus, features, pipeline, vocab
 from tasks import corpora, mixtures, objectives
 
 LENGTH = 128
@@ -80,6 +80,25 @@ def test_stdlib_natural_language_reads(bindings, stdlib_dir):
     bindings(f"tasks.stdlib_data_dir.path = '{stdlib_dir}'")
     text = VOCAB.decode(_examples("stdlib_nl_v1_causal", count=1)[0]["targets"].tolist())
     assert text.strip()
+
+
+def _paths(task: str, split: str) -> list[bytes]:
+    source = seqio.get_mixture_or_task(task).source
+    return [ex["path"] for ex in source.get_dataset(split, shuffle=False).as_numpy_iterator()]
+
+
+def test_capped_corpus_is_a_tenth_of_the_training_documents(bindings, stdlib_dir):
+    bindings(f"tasks.stdlib_data_dir.path = '{stdlib_dir}'")
+    full, tenth = "stdlib_py_v1_causal", "stdlib_py_tenth_v1_causal"
+    full_train, capped_train = _paths(full, "train"), _paths(tenth, "train")
+    assert capped_train == full_train[: len(capped_train)]
+    assert len(capped_train) == round(len(full_train) / 10)
+    assert _paths(tenth, "validation") == _paths(full, "validation")
+
+
+def test_capped_source_must_slice_the_train_split():
+    with pytest.raises(ValueError, match="must select from 'train'"):
+        corpus.StdlibSource("python", train_split="validation[:10%]")
 
 
 def test_gin_sets_the_mixture_rate(bindings, stdlib_dir):
