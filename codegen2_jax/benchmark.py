@@ -88,8 +88,10 @@ def benchmark_train_step(
     """Compiles the train step, runs one warm-up step, then times `steps` steps."""
     model = Decoder(config)
     optimizer = optim.make_optimizer(warmup_steps=10, total_steps=10_000)
-    state = train_state.init_train_state(model, optimizer, (batch, seq), partitioner, seed=0)
     _, shardings = train_state.state_shardings(model, optimizer, (batch, seq), partitioner)
+    state = train_state.init_train_state(
+        model, optimizer, (batch, seq), partitioner, seed=0, shardings=shardings
+    )
     step = jax.jit(
         trainer.make_train_step(model, optimizer, num_microbatches=microbatches),
         in_shardings=(shardings, partitioner.batch_sharding()),

@@ -9,10 +9,12 @@ Each step directory holds three orbax items, committed together:
                  (checksums.py), sealed by a digest of the manifest itself.
 
 restore_latest walks the steps newest first and returns the first one that is committed,
-readable and matches its fingerprints. A step that is not is moved to <directory>/set_aside/
-with a logged error, never deleted (empty that directory by hand once inspected), and the
-previous one is tried. A restore target whose parameter set, shapes or dtypes differ from the
-checkpoint is the caller's error and raises.
+readable and matches its fingerprints; restore_latest_params does the same for the parameters
+alone (samplers and evaluators never read the optimizer state, two thirds of an AdamW state).
+A step that is not is moved to <directory>/set_aside/ with a logged error, never deleted
+(empty that directory by hand once inspected), and the previous one is tried. A restore target
+whose parameter set, shapes or dtypes differ from the checkpoint is the caller's error and
+raises.
 
 Retention is orbax's LatestN. Orbax removes old steps in the save's finalisation, after the
 new step's commit succeeded; a failed commit raises there first, so a failed save never costs
@@ -38,6 +40,7 @@ from jax.experimental import multihost_utils
 from codegen2_jax import checksums, process_blobs
 
 STATE, DATA_POSITION, MANIFEST = "state", "data_position", "manifest"
+PARAMS = "params"  # TrainState's field: restore_latest_params reads only this subtree
 SET_ASIDE_DIR = "set_aside"
 FORMAT_VERSION = 1
 
@@ -63,10 +66,10 @@ class _UnusableStep(Exception):
 
 
 class RestoredCheckpoint(NamedTuple):
-    """What restore_latest returns."""
+    """What restore_latest returns (restore_latest_params: the params as state, no position)."""
 
     state: Any
-    data_position: bytes
+    data_position: bytes | None
     gin_config: str
     step: int
 
@@ -104,6 +107,9 @@ def _handler_registry() -> ocp.handlers.DefaultCheckpointHandlerRegistry:
     for name, (handler, save_args, restore_args) in items.items():
         registry.add(name, save_args, handler)
         registry.add(name, restore_args, handler)
+    # Reading part of the state (partial_restore) needs the PyTree handler's arguments; it
+    # reads what the StandardCheckpointHandler wrote.
+    registry.add(STATE, ocp.args.PyTreeRestore, ocp.handlers.PyTreeCheckpointHandler())
     return registry
 
 
@@ -244,17 +250,36 @@ class Checkpointer:
           CheckpointMismatchError: the newest valid-looking step's parameter set, shapes or
             dtypes differ from abstract_state; every difference is named.
         """
+        target = _placed(abstract_state, shardings)
+        return self._restore_newest(functools.partial(self._restore_step, target=target))
+
+    def restore_latest_params(self, abstract_params, shardings) -> RestoredCheckpoint | None:
+        """The parameters alone of the newest valid step; the rest of the state is never read.
+
+        Args:
+          abstract_params: pytree of ShapeDtypeStructs of TrainState.params.
+          shardings: matching pytree of shardings to place the restored arrays with.
+
+        Returns:
+          (params, None, gin_config, step), or None when no valid step exists. Steps are
+          verified and set aside as restore_latest does, judged on the parameters only.
+
+        Raises:
+          CheckpointMismatchError: as restore_latest, for the parameters.
+        """
+        target = _placed(abstract_params, shardings)
+        return self._restore_newest(functools.partial(self._restore_params, target=target))
+
+    def _restore_newest(
+        self, restore: Callable[[int], RestoredCheckpoint]
+    ) -> RestoredCheckpoint | None:
+        """restore(step) of the newest step it succeeds on, setting aside the ones it fails on."""
         self.wait_until_finished()
         if not self.read_only:
             self._set_aside_uncommitted()
-        target = jax.tree.map(
-            lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-            abstract_state,
-            shardings,
-        )
         for step in reversed(self.all_steps()):
             try:
-                return self._restore_step(step, target)
+                return restore(step)
             except _UnusableStep as e:
                 self._discard(self.directory / str(step), str(e))
         return None
@@ -280,6 +305,25 @@ class Checkpointer:
         data_position = _agreed(lambda: self._read_data_position(step))
         logging.info("restored checkpoint step %d from %s", step, self.directory)
         return RestoredCheckpoint(state, data_position, manifest["gin_config"], step)
+
+    def _restore_params(self, step: int, target) -> RestoredCheckpoint:
+        manifest = _agreed(lambda: self._read_manifest(step))
+        wanted = {PARAMS: target}
+        saved = {k: v for k, v in manifest["arrays"].items() if k.startswith(f"{PARAMS}/")}
+        if problems := checksums.layout_mismatches(saved, wanted):
+            raise CheckpointMismatchError(
+                f"checkpoint step {step} in {self.directory} does not fit the parameters:\n  "
+                + "\n  ".join(problems)
+            )
+        args = ocp.args.PyTreeRestore(
+            item=wanted,
+            restore_args=ocp.checkpoint_utils.construct_restore_args(wanted),
+            partial_restore=True,
+        )
+        part = _agreed(lambda: self._read(step, STATE, args))
+        _verify(saved, part)
+        logging.info("restored the parameters of step %d from %s", step, self.directory)
+        return RestoredCheckpoint(part[PARAMS], None, manifest["gin_config"], step)
 
     def _read_manifest(self, step: int) -> dict[str, Any]:
         if not (self.directory / str(step) / ocp.path.atomicity_types.COMMIT_SUCCESS_FILE).exists():
@@ -353,6 +397,13 @@ def _agreed(read: Callable[[], Any]) -> Any:
     if problem is not None:
         raise problem
     return value
+
+
+def _placed(abstract, shardings):
+    """ShapeDtypeStructs carrying the shardings to restore onto."""
+    return jax.tree.map(
+        lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings
+    )
 
 
 def _verify(saved: dict[str, checksums.Fingerprint], state) -> None:

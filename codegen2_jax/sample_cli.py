@@ -24,7 +24,7 @@ import gin
 import jax
 from etils import epath
 
-from codegen2_jax import checkpointing, gin_config, hf, optim, partitioning, sampling, train_state
+from codegen2_jax import checkpointing, gin_config, hf, partitioning, sampling, train_state
 from codegen2_jax.model import Decoder, TransformerConfig
 
 MODEL_IMPORT = "from codegen2_jax.model import config"
@@ -97,22 +97,17 @@ def _single_device() -> partitioning.Partitioner:
 def restore_checkpoint(directory: str, config: TransformerConfig):
     """Parameters of the newest valid step in a Checkpointer directory, on one device.
 
-    The optimizer state is restored too (restore_latest checks the whole TrainState);
-    make_optimizer's defaults give it the same structure whatever the run's hyperparameters.
+    Only the parameters are read (and verified); the optimizer state stays on disk.
     """
-    model = Decoder(config)
-    shape = (1, 1)
-    abstract, shardings = train_state.state_shardings(
-        model, optim.make_optimizer(), shape, _single_device()
-    )
+    abstract, shardings = train_state.param_shardings(Decoder(config), (1, 1), _single_device())
     # Read-only: a running job's in-progress save must not be set aside by a reader.
     with checkpointing.Checkpointer(directory, read_only=True) as checkpointer:
-        restored = checkpointer.restore_latest(abstract, shardings)
+        restored = checkpointer.restore_latest_params(abstract, shardings)
     if restored is None:
         raise FileNotFoundError(f"no valid checkpoint in {directory}")
     if model_config_from_gin(restored.gin_config) != config:
         raise ValueError(f"step {restored.step} in {directory} was trained with another model")
-    return restored.state.params
+    return restored.state
 
 
 def latest_gin_config(directory: str) -> str:

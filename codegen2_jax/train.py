@@ -119,7 +119,7 @@ def train(
                         abstract,
                         shardings,
                         lambda: train_state.init_train_state(
-                            model, optimizer, shape, partitioner, seed
+                            model, optimizer, shape, partitioner, seed, shardings=shardings
                         ),
                     )
                 return loop.run(state)

@@ -77,15 +77,32 @@ def state_shardings(
     return abstract, partitioner.tree_shardings(specs)
 
 
+def param_shardings(model: nn.Module, batch_shape: tuple[int, int], partitioner: Partitioner):
+    """(abstract params, NamedSharding for every leaf): what reading the parameters alone needs."""
+
+    def init(rng):
+        return model.init(rng, jnp.zeros(batch_shape, jnp.int32))["params"]
+
+    boxed = jax.eval_shape(init, jax.random.key(0))
+    return _unbox_shapes(boxed), partitioner.tree_shardings(nn.get_partition_spec(boxed))
+
+
 def init_train_state(
     model: nn.Module,
     optimizer: optax.GradientTransformation,
     batch_shape: tuple[int, int],
     partitioner: Partitioner,
     seed: int,
+    *,
+    shardings=None,
 ) -> TrainState:
-    """Initialises every array directly in its sharded layout on the mesh."""
-    _, shardings = state_shardings(model, optimizer, batch_shape, partitioner)
+    """Initialises every array directly in its sharded layout on the mesh.
+
+    shardings: the state's shardings where the caller already has them (state_shardings'
+    second value); computed here otherwise.
+    """
+    if shardings is None:
+        _, shardings = state_shardings(model, optimizer, batch_shape, partitioner)
 
     def init(rng):
         return nn.unbox(_initial_state(model, optimizer, batch_shape, rng))

@@ -355,6 +355,30 @@ def test_restoring_a_different_parameter_set_names_the_parameters(tmp_path, setu
     assert "params/lm_head/kernel: in the checkpoint but not in the target" in str(error.value)
 
 
+def test_parameters_restore_alone_without_the_optimizer(tmp_path, setup):
+    abstract, shardings, first, second = setup
+    save_steps(tmp_path, {1: first, 2: second})
+    with checkpointing.Checkpointer(tmp_path, read_only=True) as ckpt:
+        restored = ckpt.restore_latest_params(abstract.params, shardings.params)
+    assert (restored.step, restored.data_position, restored.gin_config) == (2, None, GIN_CONFIG)
+    assert_bit_identical(restored.state, second.params)
+
+
+def test_parameters_restore_skips_a_damaged_step_and_names_a_mismatch(tmp_path, setup, caplog):
+    abstract, shardings, first, second = setup
+    save_steps(tmp_path, {1: first, 2: second})
+    edit_manifest(tmp_path / "2", None)
+    with checkpointing.Checkpointer(tmp_path) as ckpt, caplog.at_level(logging.ERROR):
+        restored = ckpt.restore_latest_params(abstract.params, shardings.params)
+        assert restored.step == 1
+        assert_bit_identical(restored.state, first.params)
+        name = "embed/embedding"
+        wider = with_leaf(abstract.params, name, lambda x: jax.ShapeDtypeStruct((64, 48), x.dtype))
+        with pytest.raises(checkpointing.CheckpointMismatchError, match=f"params/{name}: "):
+            ckpt.restore_latest_params(wider, shardings.params)
+    assert [name.split(".")[0] for name in set_aside_names(tmp_path)] == ["2"]
+
+
 def test_restoring_with_a_different_process_count_is_refused(tmp_path, setup):
     """Each host's data position belongs to its shard of the data: no silent reuse."""
     _, _, first, _ = setup
