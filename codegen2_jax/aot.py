@@ -23,16 +23,11 @@ from codegen2_jax import gin_config, optim, partitioning, train_state, trainer
 from codegen2_jax.model import Decoder, TransformerConfig
 
 DEFAULT_GIN_FILE = "models/1b.gin"
+DEFAULT_MESH = "mesh/fsdp.gin"
 
 
 def make_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument(
-        "--gin_file", action="append", help="Gin files (relative to gin/). Default: models/1b.gin."
-    )
-    parser.add_argument(
-        "--mesh", default="mesh/fsdp.gin", help="Mesh rule table (relative to gin/)."
-    )
     parser.add_argument(
         "--devices", type=int, default=64, help="Fake CPU devices in the simulated mesh."
     )
@@ -120,12 +115,12 @@ def memory_report(config, partitioner, *, batch: int, seq: int, microbatches: in
 
 def main(argv: list[str] | None = None):
     """Console entry point: `--gin.NAME=VALUE` arguments become gin bindings."""
-    rest, bindings = gin_config.split_gin_args(sys.argv[1:] if argv is None else argv)
-    args = make_parser().parse_args(rest)
+    args = gin_config.parse_tool_args(
+        make_parser(), argv, model=DEFAULT_GIN_FILE, mesh=DEFAULT_MESH
+    )
     # Must precede the first backend use; nothing before this line touches a device.
     jax.config.update("jax_platforms", "cpu")
     jax.config.update("jax_num_cpu_devices", args.devices)
-    gin_config.parse([*(args.gin_file or [DEFAULT_GIN_FILE]), args.mesh], bindings)
     config = gin_config.configured(TransformerConfig)()
     partitioner = gin_config.configured(partitioning.make_partitioner)()
     report = memory_report(

@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import functools
 import json
-import sys
 import time
 
 import jax
@@ -24,18 +23,11 @@ from codegen2_jax import gin_config, metrics, optim, partitioning, train_state, 
 from codegen2_jax.model import Decoder, TransformerConfig
 
 DEFAULT_GIN_FILE = "models/small.gin"
+DEFAULT_MESH = "mesh/data_parallel.gin"
 
 
 def make_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument(
-        "--gin_file",
-        action="append",
-        help="Gin files (relative to gin/). Default: models/small.gin.",
-    )
-    parser.add_argument(
-        "--mesh", default="mesh/data_parallel.gin", help="Mesh rule table (relative to gin/)."
-    )
     parser.add_argument("--batch", type=int, default=8, help="Global batch size.")
     parser.add_argument("--seq", type=int, default=512, help="Sequence length.")
     parser.add_argument(
@@ -137,9 +129,9 @@ def report(config: TransformerConfig, batch: int, seq: int, step_s: float, loss:
 
 def main(argv: list[str] | None = None):
     """Console entry point: `--gin.NAME=VALUE` arguments become gin bindings."""
-    rest, bindings = gin_config.split_gin_args(sys.argv[1:] if argv is None else argv)
-    args = make_parser().parse_args(rest)
-    gin_config.parse([*(args.gin_file or [DEFAULT_GIN_FILE]), args.mesh], bindings)
+    args = gin_config.parse_tool_args(
+        make_parser(), argv, model=DEFAULT_GIN_FILE, mesh=DEFAULT_MESH
+    )
     config = gin_config.configured(TransformerConfig)()
     partitioner = gin_config.configured(partitioning.make_partitioner)()
     result = benchmark_train_step(

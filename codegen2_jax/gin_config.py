@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import argparse
 import logging
 import pathlib
+import sys
 from collections.abc import Sequence
 
 import gin
@@ -61,6 +63,36 @@ def model_files() -> list[str]:
 def mesh_files() -> list[str]:
     """Every shipped mesh rule table, as paths relative to gin/."""
     return sorted(str(p.relative_to(GIN_DIR)) for p in (GIN_DIR / "mesh").glob("*.gin"))
+
+
+def parse_tool_args(
+    parser: argparse.ArgumentParser,
+    argv: Sequence[str] | None,
+    *,
+    model: str,
+    mesh: str | None = None,
+) -> argparse.Namespace:
+    """The command line of a standalone tool (benchmarks, AOT), its gin parsed.
+
+    Adds --gin_file (repeatable; default `model`) and, for tools that shard, --mesh (default
+    `mesh`) to the tool's own parser; `--gin.NAME=VALUE` arguments become bindings. Parses the
+    flags, then gin: the files, the mesh, the bindings.
+
+    Args:
+      parser: the tool's parser with its own flags.
+      argv: the arguments (None: sys.argv[1:]).
+      model: the gin file used when no --gin_file is given, relative to gin/.
+      mesh: the default mesh rule table, relative to gin/ (None: the tool has no --mesh).
+    """
+    parser.add_argument(
+        "--gin_file", action="append", help=f"Gin files (relative to gin/). Default: {model}."
+    )
+    if mesh:
+        parser.add_argument("--mesh", default=mesh, help="Mesh rule table (relative to gin/).")
+    rest, bindings = split_gin_args(sys.argv[1:] if argv is None else argv)
+    args = parser.parse_args(rest)
+    parse([*(args.gin_file or [model]), *([args.mesh] if mesh else [])], bindings)
+    return args
 
 
 def split_gin_args(argv: Sequence[str]) -> tuple[list[str], list[str]]:

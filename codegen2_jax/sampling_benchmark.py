@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import sys
 import time
 
 import flax.linen as nn
@@ -34,9 +33,6 @@ DEFAULT_GIN_FILE = "models/small.gin"
 
 def make_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument(
-        "--gin_file", action="append", help="Gin files (relative to gin/). Default: small."
-    )
     parser.add_argument(
         "--batch", type=int, action="append", help="Batch sizes (repeatable). Default: 1, 32."
     )
@@ -106,9 +102,7 @@ def report(config, batch, prompt_len, new_tokens, seconds, first_s, times) -> di
 
 def main(argv: list[str] | None = None) -> None:
     """Console entry point: `--gin.NAME=VALUE` arguments become gin bindings."""
-    rest, bindings = gin_config.split_gin_args(sys.argv[1:] if argv is None else argv)
-    args = make_parser().parse_args(rest)
-    gin_config.parse(args.gin_file or [DEFAULT_GIN_FILE], bindings)
+    args = gin_config.parse_tool_args(make_parser(), argv, model=DEFAULT_GIN_FILE)
     config = gin_config.configured(TransformerConfig)()
     params = random_params(config)
     for batch in args.batch or [1, 32]:

@@ -1,5 +1,7 @@
 """Every shipped gin model and mesh file parses and builds what it describes."""
 
+import argparse
+
 import pytest
 
 from codegen2_jax import gin_config, partitioning
@@ -55,3 +57,20 @@ def test_includes_resolve_to_gin_dir_whatever_the_working_directory_holds(tmp_pa
 
     gin_config.parse(["experiments/tiny_cpu.gin"], ["MODEL_DIR = 'runs/x'"])
     assert gin_config.configured(TransformerConfig)().num_layers == 2
+
+
+def test_tool_command_line_parses_its_flags_files_mesh_and_bindings():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--steps", type=int, default=1)
+    argv = ["--steps=3", "--gin_file=models/tiny.gin", "--gin.VOCAB_SIZE=512"]
+    args = gin_config.parse_tool_args(
+        parser, argv, model="models/1b.gin", mesh="mesh/data_parallel.gin"
+    )
+    assert (args.steps, args.mesh) == (3, "mesh/data_parallel.gin")
+    config = gin_config.configured(TransformerConfig)()
+    assert (config.num_layers, config.vocab_size) == (2, 512)
+    assert gin_config.configured(partitioning.make_partitioner)().mesh.size == 8
+
+    args = gin_config.parse_tool_args(argparse.ArgumentParser(), [], model="models/1b.gin")
+    assert args.gin_file is None and not hasattr(args, "mesh")
+    assert gin_config.configured(TransformerConfig)().num_layers == 16
