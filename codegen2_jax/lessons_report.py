@@ -16,6 +16,8 @@ import os
 import statistics
 from collections.abc import Mapping, Sequence
 
+from codegen2_jax import tables
+
 LOSS_TOLERANCE = 0.02  # relative: "close" losses differ by at most 2%
 RATE_TOLERANCE = 0.02  # absolute: "close" rates differ by at most 2 points
 
@@ -144,32 +146,24 @@ def _claim_text(row: Mapping) -> str:
 
 def lessons_table(document: Mapping) -> str:
     """Markdown: one row per claim, the paper's direction beside the measured values."""
-    seeds = document["seeds"]
-    lines = [
-        "| lesson | metric | paper's claim | measured (arm vs baseline) | verdict | seeds |",
-        "|---|---|---|---|---|---|",
-    ]
+    seeds = str(document["seeds"])
+    rows = []
     for lesson in document["lessons"]:
         name = f"{lesson['number']}. {lesson['title']}"
         for row in lesson["claims"]:
             measured = f"{_value(row['arm_value'])} vs {_value(row['baseline_value'])}"
-            lines.append(
-                f"| {name} | {METRICS[row['metric']]} | {_claim_text(row)} | {measured} "
-                f"| {row['verdict']} | {seeds} |"
-            )
-    return "\n".join(lines)
+            metric, claim = METRICS[row["metric"]], _claim_text(row)
+            rows.append((name, metric, claim, measured, row["verdict"], seeds))
+    header = ("lesson", "metric", "paper's claim", "measured (arm vs baseline)", "verdict", "seeds")
+    return tables.markdown(header, rows)
 
 
 def arms_table(document: Mapping) -> str:
     """Markdown: every arm's metrics (mean ± std over seeds)."""
     arms = document["arms"]
     names = [m for m in METRICS if any(m in a for a in arms.values())]
-    lines = ["| arm | " + " | ".join(METRICS[m] for m in names) + " |"]
-    lines.append("|---" * (len(names) + 1) + "|")
-    for arm, summaries in arms.items():
-        cells = [_value(summaries.get(m)) for m in names]
-        lines.append(f"| {arm} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+    rows = [(arm, *(_value(summaries.get(m)) for m in names)) for arm, summaries in arms.items()]
+    return tables.markdown(("arm", *(METRICS[m] for m in names)), rows)
 
 
 def markdown(document: Mapping) -> str:

@@ -15,7 +15,7 @@ import matplotlib
 matplotlib.use("Agg")  # files only; no display on training hosts
 from matplotlib import pyplot  # noqa: E402
 
-from codegen2_jax import metrics  # noqa: E402
+from codegen2_jax import metrics, tables  # noqa: E402
 
 
 def loss_series(model_dir: str) -> dict[str, tuple[list[int], list[float]]]:
@@ -34,10 +34,11 @@ def loss_series(model_dir: str) -> dict[str, tuple[list[int], list[float]]]:
 
 def final_losses_table(series: dict[str, tuple[list[int], list[float]]]) -> str:
     """A Markdown table of each curve's last step and value."""
-    rows = ["| curve | step | loss |", "|---|---|---|"]
-    for name, (steps, values) in sorted(series.items()):
-        rows.append(f"| {name} | {steps[-1]} | {values[-1]:.4f} |")
-    return "\n".join(rows)
+    rows = [
+        (name, str(steps[-1]), f"{values[-1]:.4f}")
+        for name, (steps, values) in sorted(series.items())
+    ]
+    return tables.markdown(("curve", "step", "loss"), rows)
 
 
 def plot(model_dir: str, out: str) -> str:

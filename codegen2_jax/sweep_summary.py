@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 
 from etils import epath
 
-from codegen2_jax import metrics
+from codegen2_jax import metrics, tables
 
 if TYPE_CHECKING:
     from codegen2_jax.sweep import Sweep
@@ -103,8 +103,7 @@ def markdown(jobs: Sequence[dict], metric_pattern: str = DEFAULT_METRICS) -> str
         ]
         for job in jobs
     ]
-    lines = [header, ["---"] * len(header), *rows]
-    return "\n".join("| " + " | ".join(_cell(c) for c in line) + " |" for line in lines)
+    return tables.markdown(header, rows)
 
 
 def write(
@@ -133,7 +132,3 @@ def write(
 
 def _number(value: float | None) -> str:
     return "" if value is None else f"{value:.4f}"
-
-
-def _cell(text: str) -> str:
-    return text.replace("|", "\\|")
