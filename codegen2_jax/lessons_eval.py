@@ -166,6 +166,7 @@ class ArmSampler:
                 problems,
                 rng=self._key(),
                 max_new_tokens=self.settings.infill_tokens,
+                start_id=sampling.DECODER_START_ID,
             )
             fills += [middles[0] for middles in out]
         return fills
@@ -182,6 +183,7 @@ class ArmSampler:
                 flat[start : start + BATCH],
                 rng=self._key(),
                 max_new_tokens=self.settings.completion_tokens,
+                start_id=sampling.DECODER_START_ID,
             )
         return [texts[i * n : (i + 1) * n] for i in range(len(prompts))]
 

@@ -162,15 +162,21 @@ class HFTokenizerVocabulary:
 
 
 def load_model(args: argparse.Namespace):
-    """(params, TransformerConfig) from --checkpoint_dir or --hf_dir, with --dtype applied."""
+    """(params, TransformerConfig, start_id) from --checkpoint_dir or --hf_dir, --dtype applied.
+
+    start_id is what prompts start with: the decoder start token for a checkpoint trained here,
+    nothing for a Hugging Face model (sampling's module docstring).
+    """
     if args.checkpoint_dir:
         config = model_config_from_gin(latest_gin_config(args.checkpoint_dir))
         params = restore_checkpoint(args.checkpoint_dir, config)
+        start_id = sampling.DECODER_START_ID
     else:
         params, config = hf.import_checkpoint(args.hf_dir, args.mp_num)
+        start_id = None
     if args.dtype:
         config = dataclasses.replace(config, dtype=args.dtype)
-    return params, config
+    return params, config, start_id
 
 
 def load_vocabulary(args: argparse.Namespace) -> sampling.InfillVocabulary:
@@ -187,7 +193,7 @@ def run(args: argparse.Namespace) -> list[dict]:
     """Samples as the arguments ask; one record per sample."""
     if (args.prompt is None) == (args.prefix is None and args.suffix is None):
         raise ValueError("give either --prompt, or --prefix and/or --suffix")
-    params, config = load_model(args)
+    params, config, start_id = load_model(args)
     vocab = load_vocabulary(args)
     generate = sampling.make_generate(
         config,
@@ -197,7 +203,7 @@ def run(args: argparse.Namespace) -> list[dict]:
         top_p=args.top_p,
     )
     rng, n = jax.random.key(args.seed), args.num_samples
-    common = dict(rng=rng, max_new_tokens=args.max_new_tokens)
+    common = dict(rng=rng, max_new_tokens=args.max_new_tokens, start_id=start_id)
     if args.prompt is not None:
         texts = sampling.complete(generate, params, vocab, [args.prompt] * n, **common)
         return [{"prompt": args.prompt, "completion": text} for text in texts]

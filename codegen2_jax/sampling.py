@@ -18,6 +18,11 @@ time: after fill_n the prompt grows by `fill_n <eom> <mask_{n+1}>` and decoding 
 which reproduces the training layout `<sep> <mask_1> span_1 <eom> <mask_2> span_2 <eom>`.
 A middle that reaches max_new_tokens without <eom> is kept as it is.
 
+Models trained by this codebase saw DECODER_START_ID at position 0 of every document (seqio's
+decoder inputs are the targets shifted right), so their prompts start with it (start_id);
+models trained on a plain token stream, such as the released CodeGen2 checkpoints, take
+prompts as they are (start_id=None).
+
 This module takes token ids or a vocabulary object from the caller and imports neither
 TensorFlow nor seqio, so it runs on any JAX image.
 """
@@ -38,6 +43,7 @@ from codegen2_jax.model import Decoder, TransformerConfig, init_cache
 from codegen2_jax.partitioning import Partitioner
 
 NO_STOP = -1  # pads stop-token lists; token ids are never negative
+DECODER_START_ID = 0  # seqio's shift-right fill: the input before each document's first token
 
 
 class SampleOutput(NamedTuple):
@@ -327,6 +333,7 @@ def infill(
     *,
     rng: jax.Array,
     max_new_tokens: int,
+    start_id: int | None = None,
     pad_multiple: int = 64,
 ) -> list[list[str]]:
     """Fills every mask of every problem, batched, one mask per round (module docstring).
@@ -338,12 +345,14 @@ def infill(
       problems: each the k + 1 text segments around its k masks (k may differ per problem).
       rng: key; each round folds in its number.
       max_new_tokens: the longest middle, per mask.
+      start_id: token put before each prompt (module docstring), or None.
       pad_multiple: see left_pad.
 
     Returns:
       For each problem, its k middles as text.
     """
-    prompts = [infill_prompt([vocab.encode(s) for s in segs], vocab) for segs in problems]
+    start = [] if start_id is None else [start_id]
+    prompts = [start + infill_prompt([vocab.encode(s) for s in segs], vocab) for segs in problems]
     masks = [len(segs) - 1 for segs in problems]
     fills: list[list[str]] = [[] for _ in problems]
     stops = stop_token_array([[vocab.eom_id, vocab.eos_id]] * len(problems))
@@ -370,10 +379,15 @@ def complete(
     *,
     rng: jax.Array,
     max_new_tokens: int,
+    start_id: int | None = None,
     pad_multiple: int = 64,
 ) -> list[str]:
-    """Continues each prompt until <|endoftext|> or max_new_tokens; returns the new text."""
-    tokens, lengths = left_pad([vocab.encode(p) for p in prompts], multiple=pad_multiple)
+    """Continues each prompt until <|endoftext|> or max_new_tokens; returns the new text.
+
+    start_id: token put before each prompt (module docstring), or None.
+    """
+    start = [] if start_id is None else [start_id]
+    tokens, lengths = left_pad([start + vocab.encode(p) for p in prompts], multiple=pad_multiple)
     stops = stop_token_array([[vocab.eos_id]] * len(prompts))
     limits = np.full(len(prompts), max_new_tokens, np.int32)
     out = jax.device_get(generate(params, tokens, lengths, stops, limits, rng))

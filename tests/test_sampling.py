@@ -180,6 +180,30 @@ def test_infill_fills_masks_one_at_a_time_and_returns_the_middles():
     assert first[1] == [4, 4] and second[1] == [4, 0]  # problem 2 has no second mask
 
 
+def test_prompts_start_with_the_decoder_start_token_when_asked():
+    v, prompts = FakeVocabulary(), []
+
+    def generate(params, tokens, lengths, stops, limits, rng):
+        prompts.extend(t[-n:].tolist() for t, n in zip(tokens, lengths, strict=True))
+        return sampling.SampleOutput(
+            np.full((len(tokens), 1), v.eom_id),
+            np.ones(len(tokens), int),
+            np.ones(len(tokens), bool),
+        )
+
+    common = dict(rng=jax.random.key(0), max_new_tokens=1)
+    sampling.complete(generate, None, v, ["ab"], **common)
+    sampling.complete(generate, None, v, ["ab"], start_id=sampling.DECODER_START_ID, **common)
+    sampling.infill(generate, None, v, [["a", "b", "c"]], start_id=7, **common)
+    assert prompts == [
+        [97, 98],
+        [0, 97, 98],
+        [7, 97, 1999, 98, 1998, 99, 1000, 1001, 1999],
+        # The second round: an empty first middle, <eom>, <mask_2>; the start token stays first.
+        [7, 97, 1999, 98, 1998, 99, 1000, 1001, 1999, 1002, 1998],
+    ]
+
+
 def test_sharded_generate_equals_single_device(params):
     prompts = [[3 + r] * (2 + r % 4) for r in range(8)]  # eight rows: one per data shard
     inputs = (*sampling.left_pad(prompts), *_unlimited(8, new=4), jax.random.key(5))
