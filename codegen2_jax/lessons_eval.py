@@ -138,15 +138,21 @@ class ArmSampler:
     def __init__(self, model_dir: str, settings: EvalSettings, seed: int):
         from codegen2_jax.data import vocab  # imports seqio and TensorFlow
 
-        directory = os.path.join(model_dir, "checkpoints")
-        config = sample_cli.model_config_from_gin(sample_cli.latest_gin_config(directory))
-        self.params = sample_cli.restore_checkpoint(directory, config)
+        model = sample_cli.load_checkpoint(os.path.join(model_dir, "checkpoints"))
+        self.params, self.start_id = model.params, model.start_id
         self.vocab = vocab.default_vocabulary()
         self.settings = settings
         self.rng = jax.random.key(seed)
-        self._infill = sampling.make_generate(config, max_new_tokens=settings.infill_tokens)
+        self._infill = sampling.make_generate(
+            model.config,
+            max_new_tokens=settings.infill_tokens,
+            prefix_prompt=model.prefix_prompt,
+        )
         self._complete = sampling.make_generate(
-            config, max_new_tokens=settings.completion_tokens, temperature=settings.temperature
+            model.config,
+            max_new_tokens=settings.completion_tokens,
+            temperature=settings.temperature,
+            prefix_prompt=model.prefix_prompt,
         )
         self._calls = 0
 
@@ -166,7 +172,7 @@ class ArmSampler:
                 problems,
                 rng=self._key(),
                 max_new_tokens=self.settings.infill_tokens,
-                start_id=sampling.DECODER_START_ID,
+                start_id=self.start_id,
             )
             fills += [middles[0] for middles in out]
         return fills
@@ -183,7 +189,7 @@ class ArmSampler:
                 flat[start : start + BATCH],
                 rng=self._key(),
                 max_new_tokens=self.settings.completion_tokens,
-                start_id=sampling.DECODER_START_ID,
+                start_id=self.start_id,
             )
         return [texts[i * n : (i + 1) * n] for i in range(len(prompts))]
 

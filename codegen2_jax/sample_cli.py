@@ -5,7 +5,8 @@
       --prefix='def add(a, b):' --suffix='    return c'
 
 A training checkpoint (Checkpointer directory, usually MODEL_DIR/checkpoints) carries the gin
-config it was trained with; its TransformerConfig bindings rebuild the model. An imported
+config it was trained with; its TransformerConfig bindings rebuild the model, and a prefix-LM
+(OBJECTIVE prefix_lm) reads its prompt as a bidirectional prefix. An imported
 Hugging Face CodeGen / CodeGen2 directory (config.json plus weights) describes itself; its
 tokenizer is used with --hf_tokenizer (files in that directory, read offline), otherwise the
 shipped code vocabulary. Prints one JSON line per sample.
@@ -19,6 +20,7 @@ import dataclasses
 import json
 import re
 from collections.abc import Sequence
+from typing import Any, NamedTuple
 
 import gin
 import jax
@@ -28,6 +30,7 @@ from codegen2_jax import checkpointing, gin_config, hf, partitioning, sampling, 
 from codegen2_jax.model import Decoder, TransformerConfig
 
 MODEL_IMPORT = "from codegen2_jax.model import config"
+PREFIX_LM_OBJECTIVE = "prefix_lm"  # tasks/objectives.py's name; prompts become prefixes
 _MACRO = re.compile(r"([A-Z][A-Z0-9_]*)\s*=\s*(.+)", re.DOTALL)
 
 
@@ -81,6 +84,15 @@ def _is_model_statement(statement: str) -> bool:
         return True
     except (ValueError, SyntaxError):
         return re.fullmatch(r"%[\w.]+", value) is not None
+
+
+def trained_as_prefix_lm(text: str) -> bool:
+    """Whether a saved gin config text trained a prefix-LM (its OBJECTIVE macro)."""
+    for statement in gin_statements(text):
+        macro = _MACRO.fullmatch(statement)
+        if macro and macro.group(1) == "OBJECTIVE":
+            return ast.literal_eval(macro.group(2).strip()) == PREFIX_LM_OBJECTIVE
+    return False
 
 
 def model_config_from_gin(text: str) -> TransformerConfig:
@@ -161,22 +173,39 @@ class HFTokenizerVocabulary:
         return self._special_id(f"<mask_{n}>")
 
 
-def load_model(args: argparse.Namespace):
-    """(params, TransformerConfig, start_id) from --checkpoint_dir or --hf_dir, --dtype applied.
+class LoadedModel(NamedTuple):
+    """A model to sample from and how its prompts are read.
 
-    start_id is what prompts start with: the decoder start token for a checkpoint trained here,
-    nothing for a Hugging Face model (sampling's module docstring).
+    Attributes:
+      params, config: the parameters and their TransformerConfig.
+      start_id: what every prompt starts with (sampling's module docstring), or None.
+      prefix_prompt: whether the prompt is a bidirectional prefix (a prefix-LM).
     """
+
+    params: Any
+    config: TransformerConfig
+    start_id: int | None
+    prefix_prompt: bool
+
+
+def load_checkpoint(directory: str) -> LoadedModel:
+    """A model trained here: its newest valid parameters and training conventions."""
+    text = latest_gin_config(directory)
+    config = model_config_from_gin(text)
+    params = restore_checkpoint(directory, config)
+    return LoadedModel(params, config, sampling.DECODER_START_ID, trained_as_prefix_lm(text))
+
+
+def load_model(args: argparse.Namespace) -> LoadedModel:
+    """The model of --checkpoint_dir or --hf_dir, --dtype applied."""
     if args.checkpoint_dir:
-        config = model_config_from_gin(latest_gin_config(args.checkpoint_dir))
-        params = restore_checkpoint(args.checkpoint_dir, config)
-        start_id = sampling.DECODER_START_ID
-    else:
+        loaded = load_checkpoint(args.checkpoint_dir)
+    else:  # trained on a plain causal token stream: prompts as they are
         params, config = hf.import_checkpoint(args.hf_dir, args.mp_num)
-        start_id = None
+        loaded = LoadedModel(params, config, None, False)
     if args.dtype:
-        config = dataclasses.replace(config, dtype=args.dtype)
-    return params, config, start_id
+        loaded = loaded._replace(config=dataclasses.replace(loaded.config, dtype=args.dtype))
+    return loaded
 
 
 def load_vocabulary(args: argparse.Namespace) -> sampling.InfillVocabulary:
@@ -193,17 +222,18 @@ def run(args: argparse.Namespace) -> list[dict]:
     """Samples as the arguments ask; one record per sample."""
     if (args.prompt is None) == (args.prefix is None and args.suffix is None):
         raise ValueError("give either --prompt, or --prefix and/or --suffix")
-    params, config, start_id = load_model(args)
+    model = load_model(args)
     vocab = load_vocabulary(args)
     generate = sampling.make_generate(
-        config,
+        model.config,
         max_new_tokens=args.max_new_tokens,
         temperature=args.temperature,
         top_k=args.top_k,
         top_p=args.top_p,
+        prefix_prompt=model.prefix_prompt,
     )
-    rng, n = jax.random.key(args.seed), args.num_samples
-    common = dict(rng=rng, max_new_tokens=args.max_new_tokens, start_id=start_id)
+    rng, n, params = jax.random.key(args.seed), args.num_samples, model.params
+    common = dict(rng=rng, max_new_tokens=args.max_new_tokens, start_id=model.start_id)
     if args.prompt is not None:
         texts = sampling.complete(generate, params, vocab, [args.prompt] * n, **common)
         return [{"prompt": args.prompt, "completion": text} for text in texts]

@@ -159,16 +159,25 @@ def _unstack_layers(params, num_layers: int):
     return out
 
 
-def _prefill(model: Decoder, params, prompts: jax.Array, lengths: jax.Array, cache_length: int):
+def _prefill(
+    model: Decoder,
+    prefix_prompt: bool,
+    params,
+    prompts: jax.Array,
+    lengths: jax.Array,
+    cache_length: int,
+):
     """Runs the left-padded prompts [B, P] through the model: (last logits [B, V], cache)."""
     batch, width = prompts.shape
     pad = (width - lengths)[:, None]  # [B, 1]
     slots = jnp.arange(width)[None]  # [1, P]
+    real = (slots >= pad).astype(jnp.int32)
     logits, variables = model.apply(
         {"params": params, "cache": init_cache(model, batch, cache_length)},
         prompts,
-        decoder_segment_ids=(slots >= pad).astype(jnp.int32),
+        decoder_segment_ids=real,
         decoder_positions=jnp.maximum(slots - pad, 0),
+        decoder_causal_attention=real if prefix_prompt else None,
         decode=True,
         mutable=["cache"],
     )
@@ -192,6 +201,7 @@ def _generate(
     select: Callable,
     max_new_tokens: int,
     pad_id: int,
+    prefix_prompt: bool,
     params,
     prompts: jax.Array,
     lengths: jax.Array,
@@ -203,7 +213,8 @@ def _generate(
     params = _cast_params(
         _unstack_layers(params, model.config.num_layers), model.config.compute_dtype
     )
-    logits, cache = _prefill(model, params, prompts, lengths, prompts.shape[1] + max_new_tokens)
+    cache_length = prompts.shape[1] + max_new_tokens
+    logits, cache = _prefill(model, prefix_prompt, params, prompts, lengths, cache_length)
     batch = prompts.shape[0]
     out = SampleOutput(
         tokens=jnp.full((batch, max_new_tokens), pad_id, jnp.int32),
@@ -252,6 +263,7 @@ def make_generate(
     top_k: int = 0,
     top_p: float = 1.0,
     pad_id: int = 0,
+    prefix_prompt: bool = False,
     partitioner: Partitioner | None = None,
 ) -> Callable[..., SampleOutput]:
     """Compiles generation for one model and one sampling setting.
@@ -263,6 +275,8 @@ def make_generate(
       temperature: 0 for greedy decoding, else the softmax temperature.
       top_k, top_p: see filter_logits (used only when temperature > 0).
       pad_id: fills the output after each row's end.
+      prefix_prompt: read each prompt as a bidirectional prefix, as a prefix-LM was trained
+        (the start token included); False decodes the prompt causally.
       partitioner: shard parameters like training and the batch over the data axes (the
         batch must then divide by partitioner.data_parallel_size); None runs on the default
         device.
@@ -276,7 +290,7 @@ def make_generate(
     """
     model = Decoder(dataclasses.replace(config, scan_layers=False))
     select = functools.partial(select_tokens, temperature=temperature, top_k=top_k, top_p=top_p)
-    fn = functools.partial(_generate, model, select, max_new_tokens, pad_id)
+    fn = functools.partial(_generate, model, select, max_new_tokens, pad_id, prefix_prompt)
     if partitioner is None:
         return jax.jit(fn)
     rows = partitioner.sharding(("activation_batch",))

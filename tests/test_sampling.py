@@ -78,19 +78,30 @@ def test_filter_logits_keeps_the_top_k_and_the_nucleus():
     assert kept(top_k=3, top_p=0.9) == [True, True, True, False]
 
 
-def test_greedy_equals_argmax_of_repeated_full_forwards(params, greedy):
-    _, out = greedy
+def _full_forward_greedy(params, prefix_prompt: bool) -> np.ndarray:
+    """PROMPTS continued NEW tokens by argmax of full forward passes, right padded."""
     forward = jax.jit(Decoder(CONFIG).apply)
     # Right padding to one width: causal attention keeps padding out of earlier logits.
     sequences = np.zeros((len(PROMPTS), max(map(len, PROMPTS)) + NEW), np.int32)
     lengths = np.array([len(p) for p in PROMPTS])
+    prefix = (np.arange(sequences.shape[1])[None] < lengths[:, None]).astype(np.int32)
     for row, prompt in enumerate(PROMPTS):
         sequences[row, : len(prompt)] = prompt
     for _ in range(NEW):
-        logits = forward({"params": params}, sequences)
+        logits = forward(
+            {"params": params},
+            sequences,
+            decoder_causal_attention=prefix if prefix_prompt else None,
+        )
         rows = np.arange(len(PROMPTS))
         sequences[rows, lengths] = np.argmax(logits[rows, lengths - 1], axis=-1)
         lengths += 1
+    return sequences
+
+
+def test_greedy_equals_argmax_of_repeated_full_forwards(params, greedy):
+    _, out = greedy
+    sequences = _full_forward_greedy(params, prefix_prompt=False)
     for row, prompt in enumerate(PROMPTS):
         assert (
             sampling.generated(out, row) == sequences[row, len(prompt) : len(prompt) + NEW].tolist()
@@ -240,6 +251,25 @@ config.TransformerConfig.rotary_dim = 4
 config.TransformerConfig.vocab_size = %VOCAB
 registry.task_name.corpus = 'stdlib_py'
 """
+
+
+def test_prefix_lm_greedy_reads_the_prompt_as_a_bidirectional_prefix(params, greedy):
+    generate = sampling.make_generate(CONFIG, max_new_tokens=NEW, prefix_prompt=True)
+    inputs = (*sampling.left_pad(PROMPTS), *_unlimited(len(PROMPTS)), jax.random.key(0))
+    out = jax.device_get(generate(params, *inputs))
+    sequences = _full_forward_greedy(params, prefix_prompt=True)
+    for row, prompt in enumerate(PROMPTS):
+        assert (
+            sampling.generated(out, row) == sequences[row, len(prompt) : len(prompt) + NEW].tolist()
+        )
+    # Reading the prompt bidirectionally changes what is generated, so the test can fail.
+    assert not np.array_equal(out.tokens, greedy[1].tokens)
+
+
+def test_objective_of_a_saved_config_decides_prefix_lm_prompts():
+    assert not sample_cli.trained_as_prefix_lm(SAVED_GIN)
+    assert not sample_cli.trained_as_prefix_lm(SAVED_GIN + "OBJECTIVE = 'codegen2_mix'\n")
+    assert sample_cli.trained_as_prefix_lm(SAVED_GIN + "OBJECTIVE = 'prefix_lm'\n")
 
 
 def test_model_config_from_gin_reads_only_the_model_bindings():

@@ -36,24 +36,36 @@ def make_attention_mask(
 
 
 def make_decode_mask(
-    start: jax.Array, query_segment_ids: jax.Array, key_segment_ids: jax.Array
+    start: jax.Array,
+    query_segment_ids: jax.Array,
+    key_segment_ids: jax.Array,
+    query_prefix: jax.Array | None = None,
 ) -> jax.Array:
     """Boolean mask [batch, 1, T, cache_length] of T new tokens against a KV cache.
 
     A query in cache slot start + i attends to slot j when j <= start + i and both carry the
     same segment id; left padding (segment 0) thus never mixes with a row's tokens, and slots
-    not yet written lie in the future.
+    not yet written lie in the future. New tokens flagged in query_prefix also attend to every
+    flagged new token after them: a prompt fed in one call becomes a bidirectional prefix, as
+    decoder_causal_attention makes it in training.
 
     Args:
       start: int scalar, the cache slot of the first new token.
       query_segment_ids: int [batch, T], segment ids of the new tokens.
       key_segment_ids: int [batch, cache_length], segment ids of every cache slot.
+      query_prefix: int [batch, T], 1 on new tokens of a bidirectional prefix, or None.
     """
     query_slots = start + jnp.arange(query_segment_ids.shape[1])
     key_slots = jnp.arange(key_segment_ids.shape[1])
-    causal = key_slots[None, :] <= query_slots[:, None]  # [T, S]
+    mask = (key_slots[None, :] <= query_slots[:, None])[None]  # [1, T, S]
+    if query_prefix is not None:
+        prefix = query_prefix.astype(bool)
+        key_prefix = jax.lax.dynamic_update_slice(
+            jnp.zeros(key_segment_ids.shape, bool), prefix, (0, start)
+        )
+        mask = mask | (prefix[:, :, None] & key_prefix[:, None, :])
     same = query_segment_ids[:, :, None] == key_segment_ids[:, None, :]  # [B, T, S]
-    return (causal[None] & same)[:, None]
+    return (mask & same)[:, None]
 
 
 def rotary_tables(positions: jax.Array, rotary_dim: int) -> tuple[jax.Array, jax.Array]:

@@ -8,7 +8,8 @@ token per step). Besides each layer's keys and values, the cache holds "index" (
 to write) and "segment_ids" [batch, cache_length] (the segment id written into each slot).
 Every row shares the slot index, so prompts of different lengths are left-padded: padding
 carries segment id 0 and real tokens 1, and decoder_positions gives each row's own rotary
-positions (0 at its first real token).
+positions (0 at its first real token). decoder_causal_attention flags a bidirectional prefix
+among the tokens of one call, so a prefix-LM reads its prompt as it was trained to.
 """
 
 from __future__ import annotations
@@ -43,16 +44,14 @@ class Decoder(nn.Module):
         """Logits [batch, T, vocab] for decoder_input_tokens [batch, T].
 
         With decode=True the tokens continue the cached sequence (see the module docstring):
-        decoder_segment_ids defaults to 1 everywhere, decoder_positions to the cache slots,
-        and decoder_causal_attention must be None (decoding is causal).
+        decoder_segment_ids defaults to 1 everywhere, decoder_positions to the cache slots, and
+        decoder_causal_attention, if given, makes its flagged tokens of this call a prefix.
         """
         cfg = self.config
         batch, length = decoder_input_tokens.shape
         if decode:
-            if decoder_causal_attention is not None:
-                raise ValueError("decode=True is causal: decoder_causal_attention must be None")
             mask, decoder_positions, cache_index = self._decode_inputs(
-                decoder_segment_ids, decoder_positions, batch, length
+                decoder_segment_ids, decoder_positions, decoder_causal_attention, batch, length
             )
         else:
             if decoder_positions is None:
@@ -80,7 +79,7 @@ class Decoder(nn.Module):
         )(x)
         return nn.with_logical_constraint(logits, (BATCH, LENGTH, "activation_vocab"))
 
-    def _decode_inputs(self, segment_ids, positions, batch: int, length: int):
+    def _decode_inputs(self, segment_ids, positions, prefix, batch: int, length: int):
         """(mask, positions, first slot) of `length` new tokens; advances the cache index."""
         index = self.variable("cache", "index", lambda: jnp.zeros((), jnp.int32))
         cached = self.variable("cache", "segment_ids", jnp.zeros, (batch, length), jnp.int32)
@@ -93,7 +92,8 @@ class Decoder(nn.Module):
             cached.value, segment_ids.astype(jnp.int32), (0, start)
         )
         index.value = start + length
-        return attention.make_decode_mask(start, segment_ids, cached.value), positions, start
+        mask = attention.make_decode_mask(start, segment_ids, cached.value, prefix)
+        return mask, positions, start
 
     def _blocks(
         self,

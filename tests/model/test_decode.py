@@ -40,8 +40,21 @@ def _left_padded_prompt(tokens, width):
     return prompt, (slots >= pad[:, None]).astype(np.int32), np.maximum(slots - pad[:, None], 0)
 
 
-def _incremental_logits(model, params, tokens):
-    """Per row: logits of its prompt positions (one prefill call) then of STEPS single steps."""
+def test_decode_mask_makes_flagged_new_tokens_a_prefix():
+    # Three new tokens in slots 1-3 of a 5-slot cache; the first two form a prefix.
+    keys = jnp.array([[1, 1, 1, 1, 0]])
+    mask = attention.make_decode_mask(
+        jnp.int32(1), jnp.array([[1, 1, 1]]), keys, jnp.array([[1, 1, 0]])
+    )
+    expected = np.array([[1, 1, 1, 0, 0], [1, 1, 1, 0, 0], [1, 1, 1, 1, 0]], bool)
+    np.testing.assert_array_equal(mask[0, 0], expected)
+
+
+def _incremental_logits(model, params, tokens, prefix_prompt=False):
+    """Per row: logits of its prompt positions (one prefill call) then of STEPS single steps.
+
+    prefix_prompt: the prompt is a bidirectional prefix (prefix-LM decoding).
+    """
     width = int(LENGTHS.max())
     prompt, segments, positions = _left_padded_prompt(tokens, width)
     cache = init_cache(model, len(LENGTHS), width + STEPS)
@@ -51,6 +64,7 @@ def _incremental_logits(model, params, tokens):
         prompt,
         decoder_segment_ids=segments,
         decoder_positions=positions,
+        decoder_causal_attention=segments if prefix_prompt else None,
         decode=True,
         mutable=("cache",),
     )
@@ -92,12 +106,17 @@ def test_cache_holds_keys_and_values_of_every_layer(scan_layers):
     assert cache["segment_ids"].shape == (2, 9) and int(cache["index"]) == 0
 
 
-def test_decoding_refuses_a_bidirectional_prefix():
-    model = Decoder(TransformerConfig(**TINY))
-    with pytest.raises(ValueError, match="causal"):
-        model.init(
-            jax.random.key(0),
-            jnp.zeros((1, 4), jnp.int32),
-            decoder_causal_attention=jnp.ones((1, 4), jnp.int32),
-            decode=True,
-        )
+@pytest.mark.parametrize("scan_layers", [True, False])
+def test_prefix_lm_decoding_matches_full_forward_with_the_prompt_as_prefix(scan_layers):
+    model = Decoder(TransformerConfig(**TINY, scan_layers=scan_layers))
+    params = nn.unbox(model.init(jax.random.key(0), jnp.zeros((1, 4), jnp.int32)))["params"]
+    tokens = np.asarray(jax.random.randint(jax.random.key(2), (3, 12), 1, TINY["vocab_size"]))
+    incremental = _incremental_logits(model, params, tokens, prefix_prompt=True)
+    width = LENGTHS.max() + STEPS
+    prefix = (np.arange(width)[None] < LENGTHS[:, None]).astype(np.int32)
+    full = model.apply({"params": params}, tokens[:, :width], decoder_causal_attention=prefix)
+    causal = model.apply({"params": params}, tokens[:, :width])
+    for row, length in enumerate(LENGTHS):
+        np.testing.assert_allclose(incremental[row], full[row, : length + STEPS], atol=1e-5)
+        # The prefix changes the prompt's logits, so the comparison can fail.
+        assert np.abs(full[row, : length - 1] - causal[row, : length - 1]).max() > 1e-3
