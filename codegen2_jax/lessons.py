@@ -134,6 +134,14 @@ SCALES = {
             ("humaneval_pass@1", "skipped at tiny: a ~1M-parameter model solves none"),
             ("humaneval_pass@10", "skipped at tiny"),
         ),
+        caveats=(
+            (
+                5,
+                "Lesson 5 at tiny: the control reads about half an epoch of stdlib_py, "
+                "multi_epoch about six of its tenth (~92k tokens, under 0.1 per parameter), "
+                "a regime of memorisation far from the paper's many tokens per parameter.",
+            ),
+        ),
     ),
     "small": Scale(
         "small",
