@@ -16,6 +16,7 @@ of them resumes from the last checkpoint.
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import sys
@@ -102,6 +103,10 @@ def main(argv):
     if jax.process_index() == 0:
         with open(os.path.join(model_dir, "final_metrics.json"), "w", encoding="utf-8") as f:
             json.dump(summary, f, indent=1, sort_keys=True)
+    # Everything is written and closed. Interpreter shutdown would garbage-collect the ~650k
+    # objects TensorFlow, seqio and JAX keep (about 1.5 s per process); frozen, they are
+    # left to the operating system.
+    gc.freeze()
 
 
 def run():
