@@ -34,11 +34,11 @@ import functools
 from collections.abc import Callable, Sequence
 from typing import NamedTuple, Protocol
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from codegen2_jax import train_state
 from codegen2_jax.model import Decoder, TransformerConfig, init_cache
 from codegen2_jax.partitioning import Partitioner
 
@@ -249,12 +249,6 @@ def _record(
     )
 
 
-def param_shardings(model: Decoder, partitioner: Partitioner):
-    """NamedShardings of the model's parameters, laid out as in training."""
-    boxed = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, 1), jnp.int32))
-    return partitioner.tree_shardings(nn.get_partition_spec(boxed))["params"]
-
-
 def make_generate(
     config: TransformerConfig,
     *,
@@ -298,7 +292,7 @@ def make_generate(
     jitted = jax.jit(
         fn,
         in_shardings=(
-            param_shardings(Decoder(config), partitioner),
+            train_state.param_shardings(Decoder(config), (1, 1), partitioner)[1],
             matrix,
             rows,
             matrix,

@@ -223,7 +223,7 @@ def test_sharded_generate_equals_single_device(params):
     gin_config.parse(["mesh/fsdp_tp.gin"])
     partitioner = gin_config.configured(partitioning.make_partitioner)()
     sharded = sampling.make_generate(CONFIG, partitioner=partitioner, **setting)
-    shardings = sampling.param_shardings(Decoder(CONFIG), partitioner)
+    _, shardings = train_state.param_shardings(Decoder(CONFIG), (1, 1), partitioner)
     out = sharded(jax.device_put(params, shardings), *inputs)
     assert len(out.tokens.sharding.device_set) == 8
     np.testing.assert_array_equal(out.tokens, single.tokens)
