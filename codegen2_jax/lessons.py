@@ -21,7 +21,14 @@ import sys
 import time
 from collections.abc import Sequence
 
-from codegen2_jax import gin_config, lessons_eval, lessons_report, sweep, sweep_summary
+from codegen2_jax import (
+    gin_config,
+    lessons_eval,
+    lessons_report,
+    sample_cli,
+    sweep,
+    sweep_summary,
+)
 from codegen2_jax.lessons_eval import EvalSettings
 from codegen2_jax.lessons_report import Claim, Lesson
 
@@ -37,8 +44,8 @@ ARMS = {
         "multi_epoch",
     )
 }
-# The final metrics of codegen2_jax.main that the lessons read (base.gin's EVAL_TASKS).
-LOSSES = {"pl_loss": "eval/stdlib_py_v1_causal/loss", "nl_loss": "eval/stdlib_nl_v1_causal/loss"}
+# Each loss is the final evaluation of the task that a base.gin macro names.
+LOSS_TASK_MACROS = {"pl_loss": "PL_EVAL_TASK", "nl_loss": "NL_EVAL_TASK"}
 
 LESSONS = {
     1: Lesson(
@@ -118,12 +125,14 @@ class Scale:
 
 
 _GPU = (("VOCAB_SIZE", "8192"), ("COMPUTE_DTYPE", '"bfloat16"'))
-# The embedded corpus is small: only the tiny scale keeps Lesson 5's control under one epoch.
+# The embedded corpus is small: only the tiny scale reads it for less than an epoch.
 _REPEATED_CORPUS = (
-    "Lesson 5 is not a one-epoch control at this scale: stdlib_py has 1.23M training tokens, "
-    "so the causal arm itself repeats it many times. Declare a larger corpus and a capped "
-    "slice of it (tasks/corpora.py) to run the lesson here."
+    "With the embedded corpus (stdlib_py: 1.23M training tokens) every arm repeats its data "
+    "many times at this scale (67 epochs at small, about 1,000 at 350m), and Lesson 5 has no "
+    "one-epoch control. Bind a larger corpus (PL_CORPUS, NL_PL_CORPUS, CAPPED_PL_CORPUS and "
+    "the held-out PL_EVAL_TASK, NL_EVAL_TASK; gin/experiments/lessons/base.gin)."
 )
+_EVERY_LESSON_REPEATS = tuple((n, _REPEATED_CORPUS) for n in range(1, 6))
 SCALES = {
     "tiny": Scale(
         "tiny",
@@ -158,7 +167,7 @@ SCALES = {
         ),
         EvalSettings(stdlib_infill=256, humaneval_infill=None, humaneval_samples=1),
         skipped=(("humaneval_pass@10", "greedy, one sample per problem at small"),),
-        caveats=((5, _REPEATED_CORPUS),),
+        caveats=_EVERY_LESSON_REPEATS,
     ),
     "350m": Scale(
         "350m",
@@ -176,7 +185,7 @@ SCALES = {
         EvalSettings(
             stdlib_infill=512, humaneval_infill=None, humaneval_samples=10, temperature=0.8
         ),
-        caveats=((5, _REPEATED_CORPUS),),
+        caveats=_EVERY_LESSON_REPEATS,
     ),
 }
 
@@ -221,7 +230,15 @@ def job_metrics(model_dir: str, scale: Scale, seed: int) -> dict[str, float]:
         logging.error("no final metrics in %s: see its train.log", model_dir)
         return {}
     _, last = sweep_summary.final_metrics(model_dir)
-    losses = {name: last[key] for name, key in LOSSES.items() if key in last}
+    with open(os.path.join(model_dir, "config.gin"), encoding="utf-8") as f:
+        config = f.read()
+    losses = {}
+    for name, macro in LOSS_TASK_MACROS.items():
+        task = sample_cli.saved_macro(config, macro)
+        if task is None:
+            logging.error("%s/config.gin sets no %s: %s is not reported", model_dir, macro, name)
+        elif (key := f"eval/{task}/loss") in last:
+            losses[name] = last[key]
     return losses | lessons_eval.evaluate_job(model_dir, scale.evaluation, seed)
 
 
@@ -246,7 +263,7 @@ def run(
         "seeds": seeds,
         "train_steps": ", ".join(map(str, sorted(steps))),
         "extra": dict(extra),
-        "caveats": [text for n, text in scale.caveats if n in lessons],
+        "caveats": list(dict.fromkeys(text for n, text in scale.caveats if n in lessons)),
     }
     document = lessons_report.results(
         [LESSONS[n] for n in lessons],

@@ -86,13 +86,21 @@ def _is_model_statement(statement: str) -> bool:
         return re.fullmatch(r"%[\w.]+", value) is not None
 
 
-def trained_as_prefix_lm(text: str) -> bool:
-    """Whether a saved gin config text trained a prefix-LM (its OBJECTIVE macro)."""
+def saved_macro(text: str, name: str) -> Any:
+    """The literal value a saved gin config text gives macro `name` (None: not a literal)."""
     for statement in gin_statements(text):
         macro = _MACRO.fullmatch(statement)
-        if macro and macro.group(1) == "OBJECTIVE":
-            return ast.literal_eval(macro.group(2).strip()) == PREFIX_LM_OBJECTIVE
-    return False
+        if macro and macro.group(1) == name:
+            try:
+                return ast.literal_eval(macro.group(2).strip())
+            except (ValueError, SyntaxError):
+                return None
+    return None
+
+
+def trained_as_prefix_lm(text: str) -> bool:
+    """Whether a saved gin config text trained a prefix-LM (its OBJECTIVE macro)."""
+    return saved_macro(text, "OBJECTIVE") == PREFIX_LM_OBJECTIVE
 
 
 def model_config_from_gin(text: str) -> TransformerConfig:

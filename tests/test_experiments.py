@@ -1,5 +1,6 @@
 """Every shipped experiment parses and builds: model, mesh, optimizer, and a registered task."""
 
+import copy
 import pathlib
 
 import gin
@@ -29,6 +30,7 @@ def test_experiment_builds(experiment):
     partitioner = gin_config.configured(partitioning.make_partitioner)()
     gin_config.configured(optim.make_optimizer)()
     task = gin_config.configured(registry.task_name)()
-    for name in [task, *gin.query_parameter("%EVAL_TASKS")]:
+    # deepcopy evaluates macro references inside the list, as gin does when it calls train.
+    for name in [task, *copy.deepcopy(gin.query_parameter("%EVAL_TASKS"))]:
         seqio.get_mixture_or_task(name)  # raises when the experiment names an unknown task
     assert config.num_params() > 0 and partitioner.mesh.size == 8

@@ -6,7 +6,7 @@ import textwrap
 import jax
 import pytest
 
-from codegen2_jax import gin_config, lessons, lessons_eval, lessons_report
+from codegen2_jax import gin_config, lessons, lessons_eval, lessons_report, sample_cli
 from codegen2_jax.lessons_report import Claim
 from tests import training_runs
 
@@ -153,3 +153,25 @@ def test_smoke_run_writes_results(tmp_path, monkeypatch):
     assert skipped["verdict"].startswith("skipped at tiny")
     assert (out / "results.png").stat().st_size > 0
     assert "| 1. Prefix-LM" in (out / "results.md").read_text()
+
+
+def test_a_scale_binds_its_own_corpora_through_the_base_macros():
+    import tasks  # noqa: F401  (registers the tasks the arms name)
+    from tasks import registry
+
+    bindings = ["MODEL_DIR = '/unused'", "PL_CORPUS = 'the_stack_python'", "NL_PL_CORPUS = 'x'"]
+    expected = {
+        "causal": "the_stack_python_v1_causal",
+        "nl_pl_mix": "x_v1_nl_pl_mix",
+        "multi_epoch": "stdlib_py_tenth_v1_causal",
+    }
+    for arm, task in expected.items():
+        gin_config.parse([lessons.ARMS[arm]], bindings)
+        assert gin_config.configured(registry.task_name)() == task
+
+
+def test_saved_macro_reads_literal_values_of_a_config_text():
+    text = "PL_EVAL_TASK = 'the_stack_python_v1_causal'\nEVAL_TASKS = [%PL_EVAL_TASK]\n"
+    assert sample_cli.saved_macro(text, "PL_EVAL_TASK") == "the_stack_python_v1_causal"
+    assert sample_cli.saved_macro(text, "EVAL_TASKS") is None  # a reference, not a literal
+    assert sample_cli.saved_macro(text, "MISSING") is None
