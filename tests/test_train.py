@@ -61,7 +61,7 @@ def test_sigterm_saves_the_current_step_and_exits_zero(tmp_path, corpus_dir):
 def test_sigkill_chaos_resume_is_bitwise_identical(tmp_path, corpus_dir, seed):
     """Kills a real training process at random moments (many during async saves, which run
     every step); restarted each time, it must reproduce the uninterrupted run bit for bit."""
-    steps, kills_wanted = 150, 10
+    steps, kills_wanted = 150, 8
     bindings = (
         f"--gin.TRAIN_STEPS={steps}",
         "--gin.train.train.checkpoint_every=3",
