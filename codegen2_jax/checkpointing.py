@@ -295,13 +295,8 @@ class Checkpointer:
 
     def _restore_step(self, step: int, target) -> RestoredCheckpoint:
         manifest = _agreed(lambda: self._read_manifest(step))
-        if problems := checksums.layout_mismatches(manifest["arrays"], target):
-            raise CheckpointMismatchError(
-                f"checkpoint step {step} in {self.directory} does not fit the restore target:\n  "
-                + "\n  ".join(problems)
-            )
-        state = _agreed(lambda: self._read(step, STATE, ocp.args.StandardRestore(target)))
-        _verify(manifest["arrays"], state)
+        args = ocp.args.StandardRestore(target)
+        state = self._read_verified(step, manifest["arrays"], target, args)
         data_position = _agreed(lambda: self._read_data_position(step))
         logging.info("restored checkpoint step %d from %s", step, self.directory)
         return RestoredCheckpoint(state, data_position, manifest["gin_config"], step)
@@ -310,20 +305,25 @@ class Checkpointer:
         manifest = _agreed(lambda: self._read_manifest(step))
         wanted = {PARAMS: target}
         saved = {k: v for k, v in manifest["arrays"].items() if k.startswith(f"{PARAMS}/")}
-        if problems := checksums.layout_mismatches(saved, wanted):
-            raise CheckpointMismatchError(
-                f"checkpoint step {step} in {self.directory} does not fit the parameters:\n  "
-                + "\n  ".join(problems)
-            )
         args = ocp.args.PyTreeRestore(
             item=wanted,
             restore_args=ocp.checkpoint_utils.construct_restore_args(wanted),
             partial_restore=True,
         )
-        part = _agreed(lambda: self._read(step, STATE, args))
-        _verify(saved, part)
+        part = self._read_verified(step, saved, wanted, args)
         logging.info("restored the parameters of step %d from %s", step, self.directory)
         return RestoredCheckpoint(part[PARAMS], None, manifest["gin_config"], step)
+
+    def _read_verified(self, step: int, saved, target, args: ocp.args.CheckpointArgs):
+        """The state item (or the part `target` names), checked against its saved fingerprints."""
+        if problems := checksums.layout_mismatches(saved, target):
+            raise CheckpointMismatchError(
+                f"checkpoint step {step} in {self.directory} does not fit the restore target:\n  "
+                + "\n  ".join(problems)
+            )
+        state = _agreed(lambda: self._read(step, STATE, args))
+        _verify(saved, state)
+        return state
 
     def _read_manifest(self, step: int) -> dict[str, Any]:
         if not (self.directory / str(step) / ocp.path.atomicity_types.COMMIT_SUCCESS_FILE).exists():
