@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import argparse
+import ast
 import logging
 import pathlib
+import re
 import sys
 from collections.abc import Sequence
 
 import gin
 
 GIN_DIR = pathlib.Path(__file__).resolve().parent.parent / "gin"
+_MACRO = re.compile(r"([A-Z][A-Z0-9_]*)\s*=\s*(.+)", re.DOTALL)
 
 
 class _GinPackageProbeFilter(logging.Filter):
@@ -107,3 +110,38 @@ def split_gin_args(argv: Sequence[str]) -> tuple[list[str], list[str]]:
         else:
             rest.append(arg)
     return rest, bindings
+
+
+def saved_statements(text: str) -> list[str]:
+    """A saved gin config text as statements (continuation lines joined, comments dropped).
+
+    Reading a run's config.gin this way imports none of the modules it binds.
+    """
+    statements, current, depth = [], [], 0
+    for line in text.splitlines():
+        if not current and (not line.strip() or line.lstrip().startswith("#")):
+            continue
+        current.append(line)
+        depth += sum(line.count(c) for c in "([{") - sum(line.count(c) for c in ")]}")
+        if depth <= 0:
+            statements.append("\n".join(current))
+            current, depth = [], 0
+    return statements
+
+
+def macro_assignment(statement: str) -> tuple[str, str] | None:
+    """(NAME, value text) of a macro statement `NAME = value`; None for any other statement."""
+    match = _MACRO.fullmatch(statement)
+    return (match.group(1), match.group(2).strip()) if match else None
+
+
+def saved_macro(text: str, name: str):
+    """The literal value a saved gin config text gives macro `name` (None: not a literal)."""
+    for statement in saved_statements(text):
+        macro = macro_assignment(statement)
+        if macro and macro[0] == name:
+            try:
+                return ast.literal_eval(macro[1])
+            except (ValueError, SyntaxError):
+                return None
+    return None

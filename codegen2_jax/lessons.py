@@ -25,7 +25,6 @@ from codegen2_jax import (
     gin_config,
     lessons_eval,
     lessons_report,
-    sample_cli,
     sweep,
     sweep_summary,
 )
@@ -234,7 +233,7 @@ def job_metrics(model_dir: str, scale: Scale, seed: int) -> dict[str, float]:
         config = f.read()
     losses = {}
     for name, macro in LOSS_TASK_MACROS.items():
-        task = sample_cli.saved_macro(config, macro)
+        task = gin_config.saved_macro(config, macro)
         if task is None:
             logging.error("%s/config.gin sets no %s: %s is not reported", model_dir, macro, name)
         elif (key := f"eval/{task}/loss") in last:

@@ -31,7 +31,6 @@ from codegen2_jax.model import Decoder, TransformerConfig
 
 MODEL_IMPORT = "from codegen2_jax.model import config"
 PREFIX_LM_OBJECTIVE = "prefix_lm"  # tasks/objectives.py's name; prompts become prefixes
-_MACRO = re.compile(r"([A-Z][A-Z0-9_]*)\s*=\s*(.+)", re.DOTALL)
 
 
 def make_parser() -> argparse.ArgumentParser:
@@ -56,29 +55,15 @@ def make_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def gin_statements(text: str) -> list[str]:
-    """A gin config text split into statements (continuation lines joined, comments dropped)."""
-    statements, current, depth = [], [], 0
-    for line in text.splitlines():
-        if not current and (not line.strip() or line.lstrip().startswith("#")):
-            continue
-        current.append(line)
-        depth += sum(line.count(c) for c in "([{") - sum(line.count(c) for c in ")]}")
-        if depth <= 0:
-            statements.append("\n".join(current))
-            current, depth = [], 0
-    return statements
-
-
 def _is_model_statement(statement: str) -> bool:
     # Only what TransformerConfig reads: other bindings name modules (tasks, train) whose
     # import would need TensorFlow, and are of no use here.
     if statement.startswith(("from __gin__", MODEL_IMPORT, "config.TransformerConfig.")):
         return True
-    macro = _MACRO.fullmatch(statement)
+    macro = gin_config.macro_assignment(statement)
     if macro is None:
         return False
-    value = macro.group(2).strip()
+    value = macro[1]
     try:
         ast.literal_eval(value)
         return True
@@ -86,27 +71,17 @@ def _is_model_statement(statement: str) -> bool:
         return re.fullmatch(r"%[\w.]+", value) is not None
 
 
-def saved_macro(text: str, name: str) -> Any:
-    """The literal value a saved gin config text gives macro `name` (None: not a literal)."""
-    for statement in gin_statements(text):
-        macro = _MACRO.fullmatch(statement)
-        if macro and macro.group(1) == name:
-            try:
-                return ast.literal_eval(macro.group(2).strip())
-            except (ValueError, SyntaxError):
-                return None
-    return None
-
-
 def trained_as_prefix_lm(text: str) -> bool:
     """Whether a saved gin config text trained a prefix-LM (its OBJECTIVE macro)."""
-    return saved_macro(text, "OBJECTIVE") == PREFIX_LM_OBJECTIVE
+    return gin_config.saved_macro(text, "OBJECTIVE") == PREFIX_LM_OBJECTIVE
 
 
 def model_config_from_gin(text: str) -> TransformerConfig:
     """The TransformerConfig that a saved gin config text binds (its other bindings ignored)."""
     gin.clear_config(clear_constants=True)
-    gin.parse_config("\n".join(s for s in gin_statements(text) if _is_model_statement(s)))
+    gin.parse_config(
+        "\n".join(s for s in gin_config.saved_statements(text) if _is_model_statement(s))
+    )
     return gin_config.configured(TransformerConfig)()
 
 

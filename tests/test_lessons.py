@@ -6,7 +6,7 @@ import textwrap
 import jax
 import pytest
 
-from codegen2_jax import gin_config, lessons, lessons_eval, lessons_report, sample_cli
+from codegen2_jax import gin_config, lessons, lessons_eval, lessons_report
 from codegen2_jax.lessons_report import Claim
 from tests import training_runs
 
@@ -172,6 +172,6 @@ def test_a_scale_binds_its_own_corpora_through_the_base_macros():
 
 def test_saved_macro_reads_literal_values_of_a_config_text():
     text = "PL_EVAL_TASK = 'the_stack_python_v1_causal'\nEVAL_TASKS = [%PL_EVAL_TASK]\n"
-    assert sample_cli.saved_macro(text, "PL_EVAL_TASK") == "the_stack_python_v1_causal"
-    assert sample_cli.saved_macro(text, "EVAL_TASKS") is None  # a reference, not a literal
-    assert sample_cli.saved_macro(text, "MISSING") is None
+    assert gin_config.saved_macro(text, "PL_EVAL_TASK") == "the_stack_python_v1_causal"
+    assert gin_config.saved_macro(text, "EVAL_TASKS") is None  # a reference, not a literal
+    assert gin_config.saved_macro(text, "MISSING") is None
