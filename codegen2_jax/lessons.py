@@ -112,7 +112,7 @@ class Scale:
       bindings: gin bindings appended to each arm (NAME, VALUE).
       evaluation: what to sample after training.
       skipped: metric -> why this scale does not measure it.
-      caveats: (lesson, what a reader of that lesson's rows must know at this scale).
+      caveats: (the lessons it concerns, what their reader must know at this scale).
     """
 
     name: str
@@ -120,7 +120,7 @@ class Scale:
     bindings: tuple[tuple[str, str], ...]
     evaluation: EvalSettings
     skipped: tuple[tuple[str, str], ...] = ()
-    caveats: tuple[tuple[int, str], ...] = ()
+    caveats: tuple[tuple[tuple[int, ...], str], ...] = ()
 
 
 _GPU = (("VOCAB_SIZE", "8192"), ("COMPUTE_DTYPE", '"bfloat16"'))
@@ -131,7 +131,6 @@ _REPEATED_CORPUS = (
     "one-epoch control. Bind a larger corpus (PL_CORPUS, NL_PL_CORPUS, CAPPED_PL_CORPUS and "
     "the held-out PL_EVAL_TASK, NL_EVAL_TASK; gin/experiments/lessons/base.gin)."
 )
-_EVERY_LESSON_REPEATS = tuple((n, _REPEATED_CORPUS) for n in range(1, 6))
 SCALES = {
     "tiny": Scale(
         "tiny",
@@ -144,7 +143,7 @@ SCALES = {
         ),
         caveats=(
             (
-                5,
+                (5,),
                 "Lesson 5 at tiny: the control reads about half an epoch of stdlib_py, "
                 "multi_epoch about six of its tenth (~92k tokens, under 0.1 per parameter), "
                 "a regime of memorisation far from the paper's many tokens per parameter.",
@@ -166,7 +165,7 @@ SCALES = {
         ),
         EvalSettings(stdlib_infill=256, humaneval_infill=None, humaneval_samples=1),
         skipped=(("humaneval_pass@10", "greedy, one sample per problem at small"),),
-        caveats=_EVERY_LESSON_REPEATS,
+        caveats=((tuple(LESSONS), _REPEATED_CORPUS),),
     ),
     "350m": Scale(
         "350m",
@@ -184,7 +183,7 @@ SCALES = {
         EvalSettings(
             stdlib_infill=512, humaneval_infill=None, humaneval_samples=10, temperature=0.8
         ),
-        caveats=_EVERY_LESSON_REPEATS,
+        caveats=((tuple(LESSONS), _REPEATED_CORPUS),),
     ),
 }
 
@@ -223,12 +222,11 @@ def train_arm(arm_jobs: sweep.Sweep, out: str) -> list[str]:
     return dirs
 
 
-def job_metrics(model_dir: str, scale: Scale, seed: int) -> dict[str, float]:
-    """A finished job's losses and sampling metrics; {} for a job that failed."""
+def job_metrics(model_dir: str, last: dict[str, float], scale: Scale, seed: int) -> dict:
+    """A finished job's losses (`last`: its final metrics) and sampling metrics; {} if it failed."""
     if not _finished(model_dir):
         logging.error("no final metrics in %s: see its train.log", model_dir)
         return {}
-    _, last = sweep_summary.final_metrics(model_dir)
     with open(os.path.join(model_dir, "config.gin"), encoding="utf-8") as f:
         config = f.read()
     losses = {}
@@ -252,17 +250,21 @@ def run(
     per_arm, steps = {}, set()
     for arm in arms_of(lessons):
         dirs = train_arm(arm_sweep(arm, scale, seeds, extra), out)
+        finals = [sweep_summary.final_metrics(d) for d in dirs]  # (last step, last values)
         start = time.monotonic()
-        runs = [job_metrics(d, scale, seed) for seed, d in enumerate(dirs)]
+        runs = [
+            job_metrics(d, last, scale, seed)
+            for seed, (d, (_, last)) in enumerate(zip(dirs, finals, strict=True))
+        ]
         logging.info("%s: evaluated in %.0f s", arm, time.monotonic() - start)
         per_arm[arm] = [r for r in runs if r]
-        steps |= {sweep_summary.final_metrics(d)[0] for d in dirs} - {None}
+        steps |= {step for step, _ in finals} - {None}
     meta = {
         "scale": scale.name,
         "seeds": seeds,
         "train_steps": ", ".join(map(str, sorted(steps))),
         "extra": dict(extra),
-        "caveats": list(dict.fromkeys(text for n, text in scale.caveats if n in lessons)),
+        "caveats": [text for concerned, text in scale.caveats if set(concerned) & set(lessons)],
     }
     document = lessons_report.results(
         [LESSONS[n] for n in lessons],
