@@ -40,11 +40,13 @@ setuptools.setup(
         "numpy",
         "optax",
         "orbax-checkpoint",
+        "pyarrow",  # The Stack's parquet
         "safetensors",
         "sentencepiece",
         "seqio-nightly",
         "tensorboard",  # clu's metric writers need it; TensorFlow no longer brings it
         "tfds-nightly",
+        "zstandard",  # The Pile's .jsonl.zst
         # t5 itself is installed with --no-deps (see Makefile): its mesh-tensorflow[transformer]
         # requirement pulls tensorflow-datasets, a second distribution of the tensorflow_datasets
         # import name beside the tfds-nightly that seqio-nightly pins. These are t5's other

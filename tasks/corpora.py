@@ -11,12 +11,11 @@
   too); the root is bound in gin: ``tasks.the_stack_root.path = "gs://bucket/the-stack-dedup/data"``.
   It ships one split, so the records whose repository/path hashes into 1% form "validation".
 - ``pile``: The Pile as distributed, ``<root>/train/*.jsonl.zst``, ``<root>/val.jsonl.zst``
-  (``.jsonl`` and ``.jsonl.gz`` too; ``.zst`` needs the zstandard package);
-  ``tasks.the_pile_root.path = ...``.
+  (``.jsonl`` and ``.jsonl.gz`` too); ``tasks.the_pile_root.path = ...``.
 
-The Stack and The Pile stream through Python parsers, so a pipeline over them cannot save
-its position; for long runs, materialize them to TFRecord shards (codegen2_jax.data.materialize)
-and declare the copy with sources.TFRecordDocumentSource.
+The Stack and The Pile are parsed in Python, in chunks whose position checkpoints save
+(codegen2_jax.data.chunked_files); TFRecord copies (codegen2_jax.data.materialize, declared with
+sources.TFRecordDocumentSource) read faster.
 """
 
 import gin

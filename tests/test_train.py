@@ -1,14 +1,20 @@
-"""End to end: a tiny run learns, SIGTERM saves and exits 0, SIGKILL chaos resumes exactly."""
+"""End to end: a tiny run learns, a declared corpus resumes exactly, SIGTERM saves and exits 0,
+SIGKILL chaos resumes exactly."""
 
+import gzip
+import json
 import os
+import pathlib
 import random
 import signal
 import subprocess
 
 import numpy as np
 import pytest
+import seqio
 
 from codegen2_jax import gin_config, metrics, plot_curves, train
+from codegen2_jax.data import sources
 from tests import training_runs
 
 
@@ -43,6 +49,53 @@ def test_tiny_run_learns_and_writes_its_records(tmp_path, corpus_dir):
     assert any(name.startswith("events.out.tfevents") for name in os.listdir(model_dir))
     png = plot_curves.plot(model_dir, str(tmp_path / "curves.png"))
     assert os.path.getsize(png) > 10_000
+
+
+@pytest.fixture
+def declared_corpus(tmp_path):
+    """The README's "Add a corpus" declaration over jsonl.gz shards of real Python files."""
+    import tasks  # noqa: F401
+    from tasks.registry import register_corpus
+
+    files = sorted(pathlib.Path(json.__file__).parent.parent.glob("email/*.py"))
+    for shard in range(2):
+        lines = [
+            json.dumps({"content": f.read_text(encoding="utf-8"), "license": "PSF"}) + "\n"
+            for f in files[shard::2]
+        ]
+        (tmp_path / f"{shard:02d}.jsonl.gz").write_bytes(gzip.compress("".join(lines).encode()))
+    names = register_corpus(
+        "my_code",
+        "v1",
+        sources.DocumentSource(
+            split_to_filepattern={"train": str(tmp_path / "*.jsonl.gz")},
+            text_field="content",
+            license_field="license",
+            validation_percent=1,
+        ),
+    )
+    yield "my_code"
+    for name in names:
+        seqio.TaskRegistry.remove(name)
+
+
+def _train(model_dir, corpus: str, steps: int) -> None:
+    bindings = [f"MODEL_DIR = '{model_dir}'", f"CORPUS = '{corpus}'", f"TRAIN_STEPS = {steps}"]
+    bindings += ["train.train.log_every = 1", "train.train.checkpoint_every = 5"]
+    bindings += ["optim.make_optimizer.total_steps = 12"]  # one schedule, however far it runs
+    gin_config.parse(["experiments/tiny_cpu.gin"], bindings)
+    gin_config.configured(train.train)()
+
+
+def test_a_declared_corpus_saves_and_resumes_exactly(tmp_path, declared_corpus):
+    """Files parsed in Python save their data position: a resumed run equals an unbroken one."""
+    unbroken, resumed = tmp_path / "unbroken", tmp_path / "resumed"
+    _train(unbroken, declared_corpus, 12)
+    _train(resumed, declared_corpus, 7)  # saves at 5 and at its end, 7
+    _train(resumed, declared_corpus, 12)  # resumes at 7, mid-file
+    expected = {s: m["train/loss"] for s, m in metrics.read_metrics(unbroken).items()}
+    assert {s: m["train/loss"] for s, m in metrics.read_metrics(resumed).items()} == expected
+    assert sorted(expected) == list(range(1, 13))
 
 
 def test_sigterm_saves_the_current_step_and_exits_zero(tmp_path, corpus_dir):

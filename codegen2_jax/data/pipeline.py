@@ -7,7 +7,8 @@ tf.data runs deterministically. Its position is the tf.data iterator state, save
 restored with tf.train.Checkpoint, so a resumed run sees exactly the batches it would have
 seen. That state includes the shuffle buffer and the packer's pending examples (about
 60 MB, 20 MB compressed, at length 2048 with seqio's 1000-example shuffle buffer), and it
-needs a source without Python-side state (no from_generator or py_function).
+needs a source without Python-side state: no from_generator or py_function, whose first save
+fails with "PyFunc is stateful" (sources.DocumentSource reads files through stateless chunks).
 """
 
 import io

@@ -3,19 +3,20 @@
 ``DocumentSource`` is a seqio.FileDataSource whose examples are ``{"text", "path", "license"}``
 (tf.string), the fields of the embedded corpus, so every corpus feeds the same tasks. Files
 are listed with tf.io.gfile (local paths, gs://, any registered filesystem), sharded per host
-and shuffled by seqio; each file is read by a Python generator under the bad-input rules of
-``codegen2_jax.data.documents`` (counters in ``DocumentSource.stats``, logged as files finish).
+and shuffled by seqio; each file is parsed in Python under the bad-input rules of
+``codegen2_jax.data.documents`` (counters in ``DocumentSource.stats``, logged as files finish),
+in chunks that keep the pipeline's position saveable (``codegen2_jax.data.chunked_files``):
+a run over any DocumentSource checkpoints and resumes at the exact document.
 
 Formats:
 
 - ``"text"``: one file is one document (a directory or glob of source files); ``path`` is the
   file name. Reading stops after ``max_bytes``.
 - ``"jsonl"``: one JSON object per line, the text in ``text_field``; ``.gz`` is read with gzip,
-  ``.zst`` with the ``zstandard`` package, which is not a dependency of this project: install
-  it to read The Pile as distributed, or recompress to ``.jsonl.gz``. A line that is not a JSON
-  object with a string text field is counted as ``skipped_malformed``.
-- ``"parquet"``: the ``text_field`` column and metadata columns, read with ``pyarrow`` (not a
-  dependency of this project either) through its own filesystems: local paths, gs://, s3://.
+  ``.zst`` with zstandard. A line that is not a JSON object with a string text field is counted
+  as ``skipped_malformed``.
+- ``"parquet"``: the ``text_field`` column and metadata columns, read with pyarrow through its
+  own filesystems: local paths, gs://, s3://.
 
 - ``"auto"``: by file name: ``.parquet``, jsonl (``.jsonl``, ``.jsonl.gz``, ``.jsonl.zst``,
   ``.json.gz``, ``.json.zst``), anything else text.
@@ -26,10 +27,9 @@ A corpus published with a single split gets a validation split from ``validation
 "train" and "validation" then read the same files and keep the records whose ``path`` hashes
 (tf.strings.to_hash_bucket_fast) below or above the percentage.
 
-A DocumentSource reads through a Python generator, which tf.data cannot checkpoint: a
-pipeline over it runs, but cannot save its position. For long runs, write the documents to
-TFRecord shards once (``python -m codegen2_jax.data.materialize``) and declare the copy with
-``TFRecordDocumentSource``: pure tf.data, resumable, and faster.
+Parsing in Python is the slow part of reading; for long runs, write the documents to TFRecord
+shards once (``python -m codegen2_jax.data.materialize``) and declare the copy with
+``TFRecordDocumentSource``, which tf.data reads natively.
 """
 
 import gzip
@@ -38,17 +38,18 @@ import json
 import os
 from collections.abc import Callable, Iterator, Mapping, Sequence
 
+import pyarrow.fs
+import pyarrow.parquet as pq
 import seqio
 import tensorflow as tf
+import zstandard
 from absl import logging
 
-from codegen2_jax.data import documents
+from codegen2_jax.data import chunked_files, documents
 
 FORMATS = ("auto", "text", "jsonl", "parquet")
 _JSONL_SUFFIXES = (".jsonl", ".jsonl.gz", ".jsonl.zst", ".json.gz", ".json.zst")
-OUTPUT_SIGNATURE = {
-    name: tf.TensorSpec(shape=(), dtype=tf.string) for name in ("text", "path", "license")
-}
+FIELDS = ("text", "path", "license")  # every example's tf.string scalars
 
 Pattern = str | Sequence[str] | Callable[[], str | Sequence[str]]
 
@@ -57,12 +58,6 @@ def _open_jsonl(path: str, f) -> io.BufferedIOBase:
     if path.endswith(".gz"):
         return gzip.GzipFile(fileobj=f)
     if path.endswith(".zst"):
-        try:
-            import zstandard
-        except ImportError as e:
-            raise ImportError(
-                f"{path}: reading .zst needs `pip install zstandard` (or recompress to .jsonl.gz)"
-            ) from e
         return io.BufferedReader(zstandard.ZstdDecompressor().stream_reader(f))
     return f
 
@@ -169,6 +164,7 @@ class DocumentSource(_DocumentFiles):
         self._default_license = default_license
         self._max_bytes = max_bytes
         self.stats = documents.DocumentStats()
+        self._chunks = chunked_files.ChunkedFiles(self.documents, fields=FIELDS)
         super().__init__(
             read_file_fn=self._read_file,
             split_to_filepattern=split_to_filepattern,
@@ -176,13 +172,10 @@ class DocumentSource(_DocumentFiles):
         )
 
     def _read_file(self, path: tf.Tensor) -> tf.data.Dataset:
-        return tf.data.Dataset.from_generator(
-            self.documents, args=(path,), output_signature=OUTPUT_SIGNATURE
-        )
+        return self._chunks.dataset(path)
 
-    def documents(self, path: bytes | str) -> Iterator[dict[str, str]]:
-        """The documents of one file (the generator behind the tf.data pipeline)."""
-        path = path.decode("utf-8") if isinstance(path, bytes) else path
+    def documents(self, path: str) -> Iterator[dict[str, str]]:
+        """The documents of one file, in order (what the tf.data pipeline reads in chunks)."""
         readers = {"text": self._text_file, "jsonl": self._jsonl, "parquet": self._parquet}
         file_format = file_format_of(path) if self._format == "auto" else self._format
         yield from readers[file_format](path)
@@ -226,11 +219,8 @@ class DocumentSource(_DocumentFiles):
                     yield document
 
     def _parquet(self, path: str) -> Iterator[dict[str, str]]:
-        # Only parquet corpora need pyarrow; its own filesystems (local, gs://, s3://) give
-        # the random access parquet needs, which a GFile does not offer it.
-        import pyarrow.fs
-        import pyarrow.parquet as pq
-
+        # pyarrow's own filesystems (local, gs://, s3://) give the random access parquet
+        # needs, which a GFile does not offer it.
         uri = path if "://" in path else os.path.abspath(path)
         filesystem, inner_path = pyarrow.fs.FileSystem.from_uri(uri)
         fields = {self._text_field, *self._path_fields}
@@ -248,7 +238,7 @@ class DocumentSource(_DocumentFiles):
 
 
 def _parse_document(record: tf.Tensor) -> dict[str, tf.Tensor]:
-    spec = {name: tf.io.FixedLenFeature([], tf.string) for name in OUTPUT_SIGNATURE}
+    spec = {name: tf.io.FixedLenFeature([], tf.string) for name in FIELDS}
     return tf.io.parse_single_example(record, spec)
 
 

@@ -4,14 +4,16 @@ The shipped corpus runs through every objective; gin bindings reach the preproce
 mixture rates; The Stack and The Pile declarations read local copies.
 """
 
-import gzip
 import json
 
 import gin
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 import seqio
 import tensorflow as tf
+import zstandard
 
 import tasks
 from codegen2_jax.data import corpus, features, pipeline, vocab
@@ -138,8 +140,6 @@ def test_nl_pl_mixture_makes_packed_batches(bindings, stdlib_dir):
 
 
 def test_the_stack_reads_a_local_copy_from_the_gin_root(bindings, tmp_path):
-    pa = pytest.importorskip("pyarrow")
-    pq = pytest.importorskip("pyarrow.parquet")
     (tmp_path / "python").mkdir()
     table = pa.table(
         {
@@ -161,11 +161,11 @@ def test_unbound_root_names_the_binding():
         _examples("pile_v1_causal", split="train")
 
 
-def test_pile_reads_jsonl_gz_splits(bindings, tmp_path):
+def test_pile_reads_its_jsonl_zst_splits(bindings, tmp_path):
     (tmp_path / "train").mkdir()
-    for path, n in [(tmp_path / "train" / "00.jsonl.gz", 5), (tmp_path / "val.jsonl.gz", 2)]:
+    for path, n in [(tmp_path / "train" / "00.jsonl.zst", 5), (tmp_path / "val.jsonl.zst", 2)]:
         lines = [json.dumps({"text": f"Doc {i}.", "meta": {}}) for i in range(n)]
-        path.write_bytes(gzip.compress("\n".join(lines).encode()))
+        path.write_bytes(zstandard.ZstdCompressor().compress("\n".join(lines).encode()))
     bindings(f"tasks.the_pile_root.path = '{tmp_path}'")
     assert len(_examples("pile_v1_causal", split="train")) == 5
     assert len(_examples("pile_v1_fim", split="validation")) == 2
