@@ -32,6 +32,8 @@ setuptools.setup(
     package_data={"codegen2_jax.data": ["assets/*.model"]},
     install_requires=[
         "absl-py",
+        "apache-beam[tfrecord]",  # seqio's offline cache (codegen2_jax.data.cache)
+        "google-crc32c",  # Beam writes the cache's TFRecords with it (pure-Python crc otherwise)
         "clu",
         "flax>=0.10",
         "gin-config",
@@ -40,9 +42,12 @@ setuptools.setup(
         "numpy",
         "optax",
         "orbax-checkpoint",
+        # apache-beam and tfds-nightly 4.9.2 (FieldDescriptor.label) need protobuf < 7;
+        # tensorflow 2.21 needs >= 6.31.1.
+        "protobuf>=6.31.1,<7",
         "pyarrow",  # The Stack's parquet
         "safetensors",
-        "sentencepiece",
+        "sentencepiece==0.2.1",  # 0.2.3's generated module needs protobuf 7
         "seqio-nightly",
         "tensorboard",  # clu's metric writers need it; TensorFlow no longer brings it
         "tfds-nightly",

@@ -12,7 +12,7 @@ import jax
 import optax
 
 from codegen2_jax import checkpointing, metrics, train_state, trainer, watchdog
-from codegen2_jax.data import pipeline
+from codegen2_jax.data import cache, pipeline
 from codegen2_jax.evaluation.perplexity import Evaluator
 from codegen2_jax.model import Decoder, TransformerConfig
 from codegen2_jax.partitioning import Partitioner
@@ -43,6 +43,8 @@ def train(
     keep_checkpoints: int = 3,
     max_consecutive_skips: int = 3,
     data_shards: int | None = None,
+    use_cached: bool = False,
+    cache_dir: str | None = None,
     step_timeout_s: float = 600.0,
     slow_op_timeout_s: float = 1800.0,
     peer_timeout_s: float = 30.0,
@@ -59,6 +61,8 @@ def train(
       data_shards: how many shards the data is split into (default: one per process); each
         process reads data_shards / process_count of them, so runs over different process
         counts with the same data_shards see the same global batches.
+      use_cached: read the training and evaluation tasks from seqio's offline cache in
+        cache_dir (codegen2_jax.data.cache); a task without one stops the run at once.
       step_timeout_s: limit for one training step.
       slow_op_timeout_s: limit for compilation, checkpoint restore, save and commit waits,
         and evaluation.
@@ -67,10 +71,12 @@ def train(
     Returns:
       The last logged training scalars and the final evaluation.
     """
+    if use_cached:
+        cache.require_cached([train_task, *eval_tasks], cache_dir)
     model = Decoder(model_config)
     shape = (batch_size, seq_len)
     abstract, shardings = train_state.state_shardings(model, optimizer, shape, partitioner)
-    data = _host_batches(train_task, seq_len, batch_size, seed, data_shards)
+    data = _host_batches(train_task, seq_len, batch_size, seed, data_shards, use_cached)
     checkpointer = checkpointing.Checkpointer(
         os.path.join(model_dir, "checkpoints"), max_to_keep=keep_checkpoints
     )
@@ -100,6 +106,7 @@ def train(
                 seq_len=seq_len,
                 batch_size=batch_size,
                 num_batches=eval_batches,
+                use_cached=use_cached,
             ),
             progress=metrics.Progress(model_config, seq_len, batch_size * seq_len, total_steps),
             writer=metrics.make_writer(model_dir),
@@ -143,7 +150,12 @@ def _restore_or_init(checkpointer, data, abstract, shardings, init: Callable):
 
 
 def _host_batches(
-    task: str, seq_len: int, batch_size: int, seed: int, data_shards: int | None
+    task: str,
+    seq_len: int,
+    batch_size: int,
+    seed: int,
+    data_shards: int | None,
+    use_cached: bool,
 ) -> pipeline.BatchIterator:
     """This process's rows of each global batch, read from its own data shards."""
     process_count = jax.process_count()
@@ -157,6 +169,7 @@ def _host_batches(
         feature_lengths={"targets": seq_len},
         batch_size=batch_size // process_count,
         seed=seed,
+        use_cached=use_cached,
     )
     return pipeline.BatchIterator(dataset)
 

@@ -14,8 +14,8 @@
   (``.jsonl`` and ``.jsonl.gz`` too); ``tasks.the_pile_root.path = ...``.
 
 The Stack and The Pile are parsed in Python, in chunks whose position checkpoints save
-(codegen2_jax.data.chunked_files); TFRecord copies (codegen2_jax.data.materialize, declared with
-sources.TFRecordDocumentSource) read faster.
+(codegen2_jax.data.chunked_files); seqio's offline cache of their tasks (codegen2_jax.data.cache)
+reads faster.
 """
 
 import gin

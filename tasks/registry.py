@@ -1,7 +1,9 @@
 """How a corpus becomes tasks: "<corpus>_<version>_<objective>" for each objective.
 
 Every task reads its source's text field, tokenizes it with the code vocabulary (no EOS:
-the objectives append it) and ends with one objective of tasks.objectives.
+the objectives append it) and ends with one objective of tasks.objectives. seqio's offline
+cache (codegen2_jax.data.cache) stores what comes before the objective: the tokenized
+documents, so masks and mixture draws are still made afresh in every epoch.
 """
 
 import functools
@@ -50,6 +52,7 @@ def register_corpus(
             preprocessors=[
                 functools.partial(seqio.preprocessors.rekey, key_map={"targets": text_field}),
                 functools.partial(seqio.preprocessors.tokenize, copy_pretokenized=False),
+                seqio.CacheDatasetPlaceholder(),
                 objectives.OBJECTIVES[objective],
             ],
             output_features=output_features,

@@ -12,6 +12,7 @@ import subprocess
 import numpy as np
 import pytest
 import seqio
+import tensorflow_datasets as tfds
 
 from codegen2_jax import gin_config, metrics, plot_curves, train
 from codegen2_jax.data import sources
@@ -96,6 +97,39 @@ def test_a_declared_corpus_saves_and_resumes_exactly(tmp_path, declared_corpus):
     expected = {s: m["train/loss"] for s, m in metrics.read_metrics(unbroken).items()}
     assert {s: m["train/loss"] for s, m in metrics.read_metrics(resumed).items()} == expected
     assert sorted(expected) == list(range(1, 13))
+
+
+class TinyCode(tfds.core.GeneratorBasedBuilder):
+    """A prepared TFDS dataset of Python files, loaded by name like any published one."""
+
+    VERSION = tfds.core.Version("1.0.0")
+
+    def _info(self):
+        return tfds.core.DatasetInfo(
+            builder=self, features=tfds.features.FeaturesDict({"text": tfds.features.Text()})
+        )
+
+    def _split_generators(self, dl_manager):
+        del dl_manager
+        return {"train": self._generate_examples()}
+
+    def _generate_examples(self):
+        for path in sorted(pathlib.Path(json.__file__).parent.glob("*.py")):
+            yield path.name, {"text": path.read_text(encoding="utf-8")}
+
+
+def test_a_tfds_dataset_by_name_trains(tmp_path):
+    from tasks.registry import register_corpus
+
+    TinyCode(data_dir=str(tmp_path / "tfds")).download_and_prepare()
+    source = seqio.TfdsDataSource(tfds_name="tiny_code:1.0.0", tfds_data_dir=str(tmp_path / "tfds"))
+    names = register_corpus("tiny_tfds", "v1", source, objectives_to_register=["codegen2_mix"])
+    try:
+        _train(tmp_path / "run", "tiny_tfds", 6)
+    finally:
+        for name in names:
+            seqio.TaskRegistry.remove(name)
+    assert sorted(metrics.read_metrics(tmp_path / "run")) == list(range(1, 7))
 
 
 def test_sigterm_saves_the_current_step_and_exits_zero(tmp_path, corpus_dir):

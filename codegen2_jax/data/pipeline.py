@@ -37,6 +37,7 @@ def make_dataset(
     shuffle: bool = True,
     num_epochs: int | None = None,
     pack: bool = True,
+    use_cached: bool = False,
 ) -> tf.data.Dataset:
     """Batched decoder features for one host.
 
@@ -52,6 +53,7 @@ def make_dataset(
       shuffle: whether seqio shuffles (files and examples).
       num_epochs: passes over the data; None repeats forever (training).
       pack: pack several examples per row (training) or pad one per row.
+      use_cached: read seqio's offline cache (codegen2_jax.data.cache) instead of the source.
     """
     dataset = seqio.get_dataset(
         mixture_or_task_name,
@@ -63,6 +65,7 @@ def make_dataset(
         shard_info=seqio.ShardInfo(index=shard_index, num_shards=num_shards),
         seed=seed,
         batch_size=batch_size,
+        use_cached=use_cached,
     )
     options = tf.data.Options()
     options.deterministic = True

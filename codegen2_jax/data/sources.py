@@ -10,8 +10,9 @@ a run over any DocumentSource checkpoints and resumes at the exact document.
 
 Formats:
 
-- ``"text"``: one file is one document (a directory or glob of source files); ``path`` is the
-  file name. Reading stops after ``max_bytes``.
+- ``"text"``: one file is one document (a directory or glob of source files, ``**`` recursive);
+  ``path`` is the file's name below the pattern's root (file_patterns). Reading stops after
+  ``max_bytes``.
 - ``"jsonl"``: one JSON object per line, the text in ``text_field``; ``.gz`` is read with gzip,
   ``.zst`` with zstandard. A line that is not a JSON object with a string text field is counted
   as ``skipped_malformed``.
@@ -25,18 +26,19 @@ jsonl and parquet records are parsed whole and then truncated to ``max_bytes``.
 
 A corpus published with a single split gets a validation split from ``validation_percent``:
 "train" and "validation" then read the same files and keep the records whose ``path`` hashes
-(tf.strings.to_hash_bucket_fast) below or above the percentage.
+(tf.strings.to_hash_bucket_fast) below or above the percentage. ``path`` is the record's own
+path fields or its file's name below the pattern's root (``name:record number`` in jsonl and
+parquet), never where the corpus lies, so moving it keeps every split as it was.
 
-Parsing in Python is the slow part of reading; for long runs, write the documents to TFRecord
-shards once (``python -m codegen2_jax.data.materialize``) and declare the copy with
-``TFRecordDocumentSource``, which tf.data reads natively.
+Parsing in Python is the slow part of reading: for long runs, seqio's offline cache
+(codegen2_jax.data.cache) stores the tokenized documents once, which tf.data reads natively.
 """
 
 import gzip
 import io
 import json
 import os
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 
 import pyarrow.fs
 import pyarrow.parquet as pq
@@ -45,13 +47,12 @@ import tensorflow as tf
 import zstandard
 from absl import logging
 
-from codegen2_jax.data import chunked_files, documents
+from codegen2_jax.data import chunked_files, documents, file_patterns
+from codegen2_jax.data.file_patterns import Pattern
 
 FORMATS = ("auto", "text", "jsonl", "parquet")
 _JSONL_SUFFIXES = (".jsonl", ".jsonl.gz", ".jsonl.zst", ".json.gz", ".json.zst")
 FIELDS = ("text", "path", "license")  # every example's tf.string scalars
-
-Pattern = str | Sequence[str] | Callable[[], str | Sequence[str]]
 
 
 def _open_jsonl(path: str, f) -> io.BufferedIOBase:
@@ -84,49 +85,7 @@ def file_format_of(path: str) -> str:
     return "jsonl" if path.endswith(_JSONL_SUFFIXES) else "text"
 
 
-def _expand(pattern: Pattern) -> list[str]:
-    pattern = pattern() if callable(pattern) else pattern
-    patterns = [pattern] if isinstance(pattern, str) else list(pattern)
-    files = (f for p in patterns for f in tf.io.gfile.glob(p))
-    return sorted(f for f in files if not tf.io.gfile.isdir(f))
-
-
-class _DocumentFiles(seqio.FileDataSource):
-    """Lazy file listing and the hash-carved validation split, shared by both sources."""
-
-    def __init__(self, *, read_file_fn, split_to_filepattern, validation_percent):
-        if validation_percent is not None:
-            if set(split_to_filepattern) != {"train"}:
-                raise ValueError("validation_percent carves validation out of 'train' only")
-            train = split_to_filepattern["train"]
-            split_to_filepattern = {"train": train, "validation": train}
-        self._validation_percent = validation_percent
-        super().__init__(read_file_fn=read_file_fn, split_to_filepattern=split_to_filepattern)
-
-    @property
-    def validation_percent(self) -> int | None:
-        """Share of "train" paths carved out as "validation", or None."""
-        return self._validation_percent
-
-    def list_shards(self, split: str) -> Sequence[str]:
-        """Files of a split, sorted; globs (and lazy roots) are expanded on every call."""
-        return _expand(self._split_to_filepattern[split])
-
-    def get_dataset(self, split: str = "train", *args, **kwargs) -> tf.data.Dataset:
-        """The split's documents; see seqio.FileDataSource.get_dataset for the arguments."""
-        dataset = super().get_dataset(split, *args, **kwargs)
-        if self._validation_percent is None:
-            return dataset
-        want_validation = split == "validation"
-
-        def keep(example):
-            bucket = tf.strings.to_hash_bucket_fast(example["path"], 100)
-            return tf.equal(bucket < self._validation_percent, want_validation)
-
-        return dataset.filter(keep)
-
-
-class DocumentSource(_DocumentFiles):
+class DocumentSource(seqio.FileDataSource):
     """A seqio source of documents read from files.
 
     Args:
@@ -134,8 +93,8 @@ class DocumentSource(_DocumentFiles):
         the dataset is built (so a gin-configured root can be bound after registration).
       file_format: one of FORMATS (default "auto": by file name).
       text_field: jsonl key or parquet column of the document text.
-      path_fields: fields joined with "/" into ``path``; none: the file name (text format)
-        or "file:record number".
+      path_fields: fields joined with "/" into ``path``; none: the file's name below its
+        pattern's root (text format) or "name:record number".
       license_field: field holding the license; missing: ``default_license``.
       default_license: license of records without a license field.
       max_bytes: per-document truncation limit, in UTF-8 bytes.
@@ -164,15 +123,40 @@ class DocumentSource(_DocumentFiles):
         self._default_license = default_license
         self._max_bytes = max_bytes
         self.stats = documents.DocumentStats()
-        self._chunks = chunked_files.ChunkedFiles(self.documents, fields=FIELDS)
-        super().__init__(
-            read_file_fn=self._read_file,
-            split_to_filepattern=split_to_filepattern,
-            validation_percent=validation_percent,
-        )
+        if validation_percent is not None:
+            if set(split_to_filepattern) != {"train"}:
+                raise ValueError("validation_percent carves validation out of 'train' only")
+            train = split_to_filepattern["train"]
+            split_to_filepattern = {"train": train, "validation": train}
+        self._validation_percent = validation_percent
+        chunks = chunked_files.ChunkedFiles(self.documents, fields=FIELDS)
+        super().__init__(read_file_fn=chunks.dataset, split_to_filepattern=split_to_filepattern)
 
-    def _read_file(self, path: tf.Tensor) -> tf.data.Dataset:
-        return self._chunks.dataset(path)
+    def list_shards(self, split: str) -> Sequence[str]:
+        """Files of a split, sorted; globs (and lazy roots) are expanded on every call."""
+        return file_patterns.expand(self._split_to_filepattern[split])
+
+    def relative_path(self, path: str) -> str:
+        """A file's name below the root of the pattern that lists it (file_patterns)."""
+        roots = [
+            file_patterns.root_of(p)
+            for pattern in self._split_to_filepattern.values()
+            for p in file_patterns.patterns_of(pattern)
+        ]
+        return file_patterns.relative_to_roots(path, roots)
+
+    def get_dataset(self, split: str = "train", *args, **kwargs) -> tf.data.Dataset:
+        """The split's documents; see seqio.FileDataSource.get_dataset for the arguments."""
+        dataset = super().get_dataset(split, *args, **kwargs)
+        if self._validation_percent is None:
+            return dataset
+        want_validation = split == "validation"
+
+        def keep(example):
+            bucket = tf.strings.to_hash_bucket_fast(example["path"], 100)
+            return tf.equal(bucket < self._validation_percent, want_validation)
+
+        return dataset.filter(keep)
 
     def documents(self, path: str) -> Iterator[dict[str, str]]:
         """The documents of one file, in order (what the tf.data pipeline reads in chunks)."""
@@ -202,9 +186,10 @@ class DocumentSource(_DocumentFiles):
             raw = documents.read_head(f, self._max_bytes)
         text = documents.text_from_bytes(raw, max_bytes=self._max_bytes, stats=self.stats)
         if text is not None:
-            yield {"text": text, "path": path, "license": self._default_license}
+            yield {"text": text, "path": self.relative_path(path), "license": self._default_license}
 
     def _jsonl(self, path: str) -> Iterator[dict[str, str]]:
+        name = self.relative_path(path)
         with tf.io.gfile.GFile(path, "rb") as f:
             for number, line in enumerate(_open_jsonl(path, f)):
                 try:
@@ -214,13 +199,14 @@ class DocumentSource(_DocumentFiles):
                 if not isinstance(record, dict):
                     self.stats.add("skipped_malformed")
                     continue
-                document = self._document(record, f"{path}:{number}")
+                document = self._document(record, f"{name}:{number}")
                 if document is not None:
                     yield document
 
     def _parquet(self, path: str) -> Iterator[dict[str, str]]:
         # pyarrow's own filesystems (local, gs://, s3://) give the random access parquet
         # needs, which a GFile does not offer it.
+        name = self.relative_path(path)
         uri = path if "://" in path else os.path.abspath(path)
         filesystem, inner_path = pyarrow.fs.FileSystem.from_uri(uri)
         fields = {self._text_field, *self._path_fields}
@@ -231,34 +217,7 @@ class DocumentSource(_DocumentFiles):
             number = 0
             for batch in parquet.iter_batches(batch_size=256, columns=columns):
                 for record in batch.to_pylist():
-                    document = self._document(record, f"{path}:{number}")
+                    document = self._document(record, f"{name}:{number}")
                     number += 1
                     if document is not None:
                         yield document
-
-
-def _parse_document(record: tf.Tensor) -> dict[str, tf.Tensor]:
-    spec = {name: tf.io.FixedLenFeature([], tf.string) for name in FIELDS}
-    return tf.io.parse_single_example(record, spec)
-
-
-class TFRecordDocumentSource(_DocumentFiles):
-    """Documents that ``codegen2_jax.data.materialize`` wrote as TFRecord shards.
-
-    Pure tf.data (no Python generator), so a pipeline over it can save and restore its
-    position, and it reads far faster than parsing jsonl or parquet in Python.
-
-    Args:
-      split_to_filepattern: split name → glob(s) of ``*.tfrecord`` shards, or a callable.
-      validation_percent: as for DocumentSource: carve "validation" out of "train" by the
-        same path hash, so a materialized copy keeps the source's split.
-    """
-
-    def __init__(
-        self, *, split_to_filepattern: Mapping[str, Pattern], validation_percent: int | None = None
-    ):
-        super().__init__(
-            read_file_fn=lambda path: tf.data.TFRecordDataset(path).map(_parse_document),
-            split_to_filepattern=split_to_filepattern,
-            validation_percent=validation_percent,
-        )

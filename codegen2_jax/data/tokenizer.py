@@ -8,9 +8,10 @@
 yield a ``text`` field, configured by ``--gin_bindings`` (e.g.
 ``--gin_bindings="tasks.the_stack_root.path = 'gs://bucket/the-stack-dedup/data'"``); their
 "train" split is read in order, up to ``--max_input_bytes``. ``--files`` is a tf.io.gfile glob
-read with the rules of ``codegen2_jax.data.documents``. The shipped model is rebuilt by the
-first command above; it reproduces byte for byte on the same interpreter and installed
-packages (the embedded corpus is built from them).
+(``**`` recursive, codegen2_jax.data.file_patterns) read with the rules of
+``codegen2_jax.data.documents``. The shipped model is rebuilt by the first command above; it
+reproduces byte for byte on the same interpreter and installed packages (the embedded corpus
+is built from them).
 
 The model is built so that ``decode(encode(s)) == s`` for every string ``s``: identity
 normalization (no NFKC), no dummy prefix, no whitespace folding, byte fallback for every
@@ -23,7 +24,7 @@ characters). The rules for what does not round-trip:
 - Text that spells a special piece (``<|endoftext|>``, ``<sep>``, ``<mask_1>``…) encodes as
   ordinary characters, never as the special id, and so does round-trip as text.
 - A Python ``str`` must be encodable as UTF-8: one with a lone surrogate (U+D800–U+DFFF) is
-  rejected (sentencepiece raises RuntimeError).
+  rejected (sentencepiece 0.2.1 raises TypeError).
 
 Special pieces (see ``codegen2_jax.data.vocab``): ``<pad>`` 0, ``<|endoftext|>`` 1, ``<unk>`` 2,
 ``<sep>`` 3, ``<eom>`` 4, and ``<mask_N>`` = vocab_size − N appended after training.
@@ -39,7 +40,7 @@ import tensorflow as tf
 from absl import app, flags, logging
 from sentencepiece import sentencepiece_model_pb2
 
-from codegen2_jax.data import documents, vocab
+from codegen2_jax.data import documents, file_patterns, vocab
 
 _ModelProto = sentencepiece_model_pb2.ModelProto
 
@@ -142,9 +143,7 @@ def texts_from_files(
 ) -> Iterator[str]:
     """Documents of the files matching a glob, under the bad-input rules."""
     stats = documents.DocumentStats()
-    for path in sorted(tf.io.gfile.glob(pattern)):
-        if tf.io.gfile.isdir(path):
-            continue
+    for path in file_patterns.expand(pattern):
         with tf.io.gfile.GFile(path, "rb") as f:
             text = documents.text_from_bytes(
                 documents.read_head(f, max_bytes), max_bytes=max_bytes, stats=stats
@@ -179,7 +178,7 @@ def limit_bytes(texts: Iterable[str], max_total_bytes: int) -> Iterator[str]:
 def define_flags() -> None:
     """The command's flags; defined only when it runs, so importing the module defines none."""
     flags.DEFINE_list("source", [], "seqio task names whose sources give `text`.")
-    flags.DEFINE_string("files", None, "tf.io.gfile glob of text files.")
+    flags.DEFINE_string("files", None, "Glob of text files (tf.io.gfile paths; ** is recursive).")
     flags.DEFINE_list("module", ["tasks"], "Modules to import to register --source.")
     flags.DEFINE_multi_string(
         "gin_bindings", [], "Gin bindings the --source tasks read, e.g. their data roots."

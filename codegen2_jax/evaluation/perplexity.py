@@ -30,12 +30,14 @@ class Evaluator:
         seq_len: int,
         batch_size: int,
         num_batches: int,
+        use_cached: bool = False,
     ):
         self.tasks = tuple(tasks)
         self._partitioner = partitioner
         self._lengths = {"targets": seq_len}
         self._batch_size = batch_size
         self._num_batches = num_batches
+        self._use_cached = use_cached
         self._step = jax.jit(
             trainer.make_eval_step(model),
             in_shardings=(param_shardings, partitioner.batch_sharding()),
@@ -61,6 +63,7 @@ class Evaluator:
             split="validation",
             shuffle=False,
             num_epochs=1,
+            use_cached=self._use_cached,
         )
         loss_sum, weight_sum = 0.0, 0.0
         for batch in dataset.take(self._num_batches).as_numpy_iterator():

@@ -2,6 +2,7 @@
 
 import gzip
 import json
+import shutil
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -10,7 +11,7 @@ import seqio
 import tensorflow as tf
 import zstandard
 
-from codegen2_jax.data import documents, sources
+from codegen2_jax.data import documents, file_patterns, sources
 
 GOOD = "def f(x):\n    return x\n"
 MAX_BYTES = 1 << 20
@@ -219,3 +220,45 @@ def test_position_saves_and_restores_at_the_exact_document(tmp_path):
     tf.train.Checkpoint(iterator=resumed).read(position).assert_consumed()
     assert _texts(resumed, 1500) == expected
     assert len(set(head + expected)) == 2101  # every document once, then the next epoch
+
+
+def test_recursive_patterns_match_every_depth(tmp_path):
+    for relative in ["setup.py", "pkg/a.py", "pkg/sub/deep/b.py", "pkg/notes.txt", "c.pyc"]:
+        (tmp_path / relative).parent.mkdir(parents=True, exist_ok=True)
+        _write(tmp_path / relative, b"x = 1\n")
+    names = (
+        lambda pattern: [  # noqa: E731
+            p[len(str(tmp_path)) + 1 :] for p in file_patterns.expand(str(tmp_path / pattern))
+        ]
+    )
+    assert names("**/*.py") == ["pkg/a.py", "pkg/sub/deep/b.py", "setup.py"]
+    assert names("pkg/**") == ["pkg/a.py", "pkg/notes.txt", "pkg/sub/deep/b.py"]
+    assert names("pkg/**/[!a]*.py") == ["pkg/sub/deep/b.py"]
+    assert names("*/*.py") == ["pkg/a.py"]  # one level, as tf.io.gfile.glob
+    assert names("missing/**/*.py") == []
+
+
+def test_moving_a_corpus_keeps_its_names_and_splits(tmp_path):
+    for i in range(40):
+        (tmp_path / "here" / f"d{i % 3}").mkdir(parents=True, exist_ok=True)
+        _write(tmp_path / "here" / f"d{i % 3}" / f"f{i:02d}.py", f"v = {i}\n".encode())
+    splits = []
+    for root in ("here", "moved"):
+        if root == "moved":
+            shutil.copytree(tmp_path / "here", tmp_path / "moved")
+        source = sources.DocumentSource(
+            split_to_filepattern={"train": str(tmp_path / root / "**" / "*.py")},
+            validation_percent=25,
+        )
+        splits.append(
+            {
+                split: sorted(
+                    ex["path"]
+                    for ex in source.get_dataset(split, shuffle=False).as_numpy_iterator()
+                )
+                for split in ("train", "validation")
+            }
+        )
+    assert splits[0] == splits[1]
+    assert len(splits[0]["train"]) + len(splits[0]["validation"]) == 40
+    assert splits[0]["validation"] and b"d0/f00.py" in splits[0]["train"] + splits[0]["validation"]

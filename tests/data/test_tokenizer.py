@@ -51,7 +51,7 @@ def test_whitespace_symbol_decodes_as_a_space(code_vocab):
 
 
 def test_lone_surrogates_are_rejected(code_vocab):
-    with pytest.raises(RuntimeError):  # sentencepiece's binding cannot convert the str.
+    with pytest.raises(TypeError):  # sentencepiece's binding cannot convert the str.
         code_vocab.encode("a\ud800b")
 
 
