@@ -34,7 +34,7 @@ demo: venv
 test: venv
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
-	$(PY) -m pytest -n 2 --dist loadgroup --durations=15 -q tests
+	$(PY) -m pytest -n 2 --dist loadgroup --durations=15 -q -rs tests
 
 format: venv
 	$(PY) -m ruff format .

@@ -10,6 +10,10 @@
   with ``content`` and ``max_stars_repo_*`` columns (jsonl copies with the same fields work
   too); the root is bound in gin: ``tasks.the_stack_root.path = "gs://bucket/the-stack-dedup/data"``.
   It ships one split, so the records whose repository/path hashes into 1% form "validation".
+- ``starcoderdata_<language>``: StarCoderData (bigcode/starcoderdata, the filtered,
+  decontaminated The Stack v1.2 that StarCoder trained on) as distributed,
+  ``<root>/<language>/*.parquet`` with ``content`` and ``max_stars_repo_*`` columns;
+  ``tasks.starcoderdata_root.path = ...``; 1% of repository/paths form "validation".
 - ``pile``: The Pile as distributed, ``<root>/train/*.jsonl.zst``, ``<root>/val.jsonl.zst``
   (``.jsonl`` and ``.jsonl.gz`` too); ``tasks.the_pile_root.path = ...``.
 
@@ -46,6 +50,11 @@ THE_STACK_LANGUAGES = {
     "vue": "vue",
 }
 
+# StarCoderData's directory names where they differ from the task name suffix.
+STARCODERDATA_DIRECTORIES = {language: language for language in THE_STACK_LANGUAGES} | {
+    "csharp": "c-sharp"
+}
+
 
 def _required(path: str | None, binding: str) -> str:
     if not path:
@@ -66,13 +75,29 @@ def the_stack_root(path: str | None = None) -> str:
 
 
 @gin.configurable(module="tasks")
+def starcoderdata_root(path: str | None = None) -> str:
+    """Directory holding StarCoderData's per-language directories (gin: REQUIRED to read it)."""
+    return _required(path, "tasks.starcoderdata_root.path")
+
+
+@gin.configurable(module="tasks")
 def the_pile_root(path: str | None = None) -> str:
     """Directory holding The Pile's train/ and val.jsonl.zst (gin: REQUIRED to read it)."""
     return _required(path, "tasks.the_pile_root.path")
 
 
-def _stack_files(directory: str):
-    return lambda: [f"{the_stack_root()}/{directory}/*.{ext}" for ext in ("parquet", "jsonl*")]
+def _per_language_files(root, directory: str):
+    return lambda: [f"{root()}/{directory}/*.{ext}" for ext in ("parquet", "jsonl*")]
+
+
+def _stack_source(root, directory: str, **fields) -> sources.DocumentSource:
+    return sources.DocumentSource(
+        split_to_filepattern={"train": _per_language_files(root, directory)},
+        text_field="content",
+        path_fields=("max_stars_repo_name", "max_stars_repo_path"),
+        validation_percent=1,
+        **fields,
+    )
 
 
 def _pile_files(pattern: str):
@@ -96,13 +121,12 @@ for _language, _directory in THE_STACK_LANGUAGES.items():
     register_corpus(
         f"the_stack_{_language}",
         "v1",
-        sources.DocumentSource(
-            split_to_filepattern={"train": _stack_files(_directory)},
-            text_field="content",
-            path_fields=("max_stars_repo_name", "max_stars_repo_path"),
-            license_field="max_stars_repo_licenses",
-            validation_percent=1,
-        ),
+        _stack_source(the_stack_root, _directory, license_field="max_stars_repo_licenses"),
+    )
+    register_corpus(
+        f"starcoderdata_{_language}",
+        "v1",
+        _stack_source(starcoderdata_root, STARCODERDATA_DIRECTORIES[_language]),
     )
 
 register_corpus(

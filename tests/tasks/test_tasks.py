@@ -139,21 +139,27 @@ def test_nl_pl_mixture_makes_packed_batches(bindings, stdlib_dir):
     assert batch["decoder_segment_ids"].max() >= 1
 
 
-def test_the_stack_reads_a_local_copy_from_the_gin_root(bindings, tmp_path):
-    (tmp_path / "python").mkdir()
-    table = pa.table(
-        {
-            "content": [f"def f{i}():\n    return {i}\n" for i in range(20)],
-            "max_stars_repo_name": ["org/repo"] * 20,
-            "max_stars_repo_path": [f"m{i}.py" for i in range(20)],
-            "max_stars_repo_licenses": [["MIT"]] * 20,
-        }
-    )
-    pq.write_table(table, tmp_path / "python" / "train-00000-of-00001.parquet")
-    bindings(f"tasks.the_stack_root.path = '{tmp_path}'")
-    examples = _examples("the_stack_python_v1_causal", split="train", count=30)
-    assert len(examples) == 20 - sum(_in_stack_holdout(f"org/repo/m{i}.py") for i in range(20))
-    assert VOCAB.decode(examples[0]["targets"].tolist()).startswith("def f")
+@pytest.mark.parametrize(
+    "corpus_name, directory, licenses",
+    [("the_stack", "c++", True), ("starcoderdata", "c-sharp", False)],
+)
+def test_per_language_parquet_copies_read_from_the_gin_root(
+    bindings, tmp_path, corpus_name, directory, licenses
+):
+    (tmp_path / directory).mkdir()
+    columns = {
+        "content": [f"int f{i}() {{ return {i}; }}\n" for i in range(20)],
+        "max_stars_repo_name": ["org/repo"] * 20,
+        "max_stars_repo_path": [f"m{i}.c" for i in range(20)],
+    }
+    if licenses:
+        columns["max_stars_repo_licenses"] = [["MIT"]] * 20
+    pq.write_table(pa.table(columns), tmp_path / directory / "train-00000-of-00001.parquet")
+    bindings(f"tasks.{corpus_name}_root.path = '{tmp_path}'")
+    language = {"c++": "cpp", "c-sharp": "csharp"}[directory]
+    examples = _examples(f"{corpus_name}_{language}_v1_causal", split="train", count=30)
+    assert len(examples) == 20 - sum(_in_stack_holdout(f"org/repo/m{i}.c") for i in range(20))
+    assert VOCAB.decode(examples[0]["targets"].tolist()).startswith("int f")
 
 
 def test_unbound_root_names_the_binding():
