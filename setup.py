@@ -51,6 +51,7 @@ setuptools.setup(
         "seqio-nightly",
         "tensorboard",  # clu's metric writers need it; TensorFlow no longer brings it
         "tfds-nightly",
+        "tokenizers",  # Hugging Face tokenizer.json vocabularies (codegen2_jax.data.bpe)
         "zstandard",  # The Pile's .jsonl.zst
         # t5 itself is installed with --no-deps (see Makefile): its mesh-tensorflow[transformer]
         # requirement pulls tensorflow-datasets, a second distribution of the tensorflow_datasets

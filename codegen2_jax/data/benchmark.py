@@ -36,21 +36,27 @@ def stdlib_sources(max_files: int) -> list[str]:
     return [path.read_text(encoding="utf-8", errors="replace") for path in paths]
 
 
-def register_in_memory_task(texts: list[str]) -> str:
+def register_in_memory_task(texts: list[str], vocabulary_path: str | None = None) -> str:
     """Registers (once) a task over `texts`: tokenize, then the CodeGen2 mixture."""
-    if IN_MEMORY_TASK not in seqio.TaskRegistry.names():
+    name = IN_MEMORY_TASK if vocabulary_path is None else f"{IN_MEMORY_TASK}_{vocabulary_path}"
+    if name not in seqio.TaskRegistry.names():
 
         def documents(split, shuffle_files, seed=None):
             del split, shuffle_files, seed
             return tf.data.Dataset.from_tensor_slices({features.TARGETS: texts})
 
+        vocabulary = (
+            vocab.load_vocabulary(vocabulary_path)
+            if vocabulary_path
+            else vocab.default_vocabulary()
+        )
         seqio.TaskRegistry.add(
-            IN_MEMORY_TASK,
+            name,
             source=seqio.FunctionDataSource(documents, splits=["train"]),
             preprocessors=[seqio.preprocessors.tokenize, preprocessors.codegen2_mixture],
-            output_features=features.output_features(vocab.default_vocabulary()),
+            output_features=features.output_features(vocabulary),
         )
-    return IN_MEMORY_TASK
+    return name
 
 
 def measure(iterator, *, seconds: float, warmup_batches: int) -> dict[str, float]:
@@ -83,6 +89,10 @@ def main(argv=None) -> None:
     parser.add_argument("--seconds", type=float, default=30.0)
     parser.add_argument("--warmup_batches", type=int, default=10)
     parser.add_argument("--max_files", type=int, default=2000, help="in-memory task only")
+    parser.add_argument(
+        "--vocabulary",
+        help="in-memory task only: a sentencepiece .model or a tokenizer.json (or its directory)",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--cache_dir", help="also measure --task read from this offline cache")
     parser.add_argument("--gin_bindings", action="append", default=[], help="e.g. data roots")
@@ -90,8 +100,10 @@ def main(argv=None) -> None:
     if args.module:
         importlib.import_module(args.module)
     gin.parse_config(args.gin_bindings)
-    task = args.task or register_in_memory_task(stdlib_sources(args.max_files))
+    task = args.task or register_in_memory_task(stdlib_sources(args.max_files), args.vocabulary)
     header = {"task": task, "length": args.length, "batch_size": args.batch_size}
+    if args.vocabulary:
+        header["vocabulary"] = args.vocabulary
     if not args.cache_dir:
         print(json.dumps({**header, **_measure_task(task, args, use_cached=False)}))
         return

@@ -55,10 +55,15 @@ def make_dataset(
       pack: pack several examples per row (training) or pad one per row.
       use_cached: read seqio's offline cache (codegen2_jax.data.cache) instead of the source.
     """
+    vocabulary = (
+        seqio.get_mixture_or_task(mixture_or_task_name).output_features[features.TARGETS].vocabulary
+    )
     dataset = seqio.get_dataset(
         mixture_or_task_name,
         task_feature_lengths=features.task_feature_lengths(feature_lengths[features.TARGETS]),
-        feature_converter=features.ObjectiveFeatureConverter(pack=pack),
+        feature_converter=features.ObjectiveFeatureConverter(
+            pack=pack, bos_id=vocabulary.decoder_start_id
+        ),
         dataset_split=split,
         shuffle=shuffle,
         num_epochs=num_epochs,

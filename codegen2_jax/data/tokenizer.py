@@ -3,6 +3,8 @@
     python -m codegen2_jax.data.tokenizer --source=stdlib_py_v1_causal,stdlib_nl_v1_causal \\
         --vocab_size=8192 --out=codegen2_jax/data/assets/code_8k.model
     python -m codegen2_jax.data.tokenizer --files='src/**/*.py' --vocab_size=8192 --out=m.model
+    python -m codegen2_jax.data.tokenizer --files='src/**/*.py' --kind=byte_level_bpe \
+        --vocab_size=51200 --out=my_tokenizer/      # tokenizer.json in CodeGen2's layout
 
 ``--source`` names seqio tasks (registered by ``--module``, default ``tasks``) whose sources
 yield a ``text`` field, configured by ``--gin_bindings`` (e.g.
@@ -40,7 +42,7 @@ import tensorflow as tf
 from absl import app, flags, logging
 from sentencepiece import sentencepiece_model_pb2
 
-from codegen2_jax.data import documents, file_patterns, vocab
+from codegen2_jax.data import bpe, documents, file_patterns, vocab
 
 _ModelProto = sentencepiece_model_pb2.ModelProto
 
@@ -185,9 +187,21 @@ def define_flags() -> None:
     )
     flags.DEFINE_integer("vocab_size", 8192, "Total pieces, masks included.")
     flags.DEFINE_integer("num_masks", vocab.DEFAULT_NUM_MASKS, "<mask_N> pieces.")
-    flags.DEFINE_enum("model_type", "bpe", ["bpe", "unigram"], "Model type.")
+    flags.DEFINE_enum(
+        "kind",
+        "sentencepiece",
+        ["sentencepiece", "byte_level_bpe"],
+        "A sentencepiece .model, or a byte-level BPE tokenizer.json in CodeGen2's layout "
+        "(codegen2_jax.data.bpe), which transformers' AutoTokenizer also loads.",
+    )
+    flags.DEFINE_enum("model_type", "bpe", ["bpe", "unigram"], "sentencepiece model type.")
     flags.DEFINE_integer("max_input_bytes", 256 << 20, "Training text cap.")
-    flags.DEFINE_string("out", None, "Output .model path.", required=True)
+    flags.DEFINE_string(
+        "out",
+        None,
+        "Output .model path (byte_level_bpe: a directory or .json path).",
+        required=True,
+    )
 
 
 def main(argv: Sequence[str]) -> None:
@@ -202,15 +216,24 @@ def main(argv: Sequence[str]) -> None:
             importlib.import_module(module)
         gin.parse_config(FLAGS.gin_bindings)
         texts = texts_from_tasks(FLAGS.source)
-    model = train(
-        limit_bytes(texts, FLAGS.max_input_bytes),
-        vocab_size=FLAGS.vocab_size,
-        num_masks=FLAGS.num_masks,
-        model_type=FLAGS.model_type,
-    )
-    with tf.io.gfile.GFile(FLAGS.out, "wb") as f:
+    texts = limit_bytes(texts, FLAGS.max_input_bytes)
+    out = FLAGS.out
+    if FLAGS.kind == "byte_level_bpe":
+        model = bpe.train(texts, vocab_size=FLAGS.vocab_size, num_masks=FLAGS.num_masks)
+        model = model.tokenizer_json.encode("utf-8")
+        if not out.endswith(".json"):
+            tf.io.gfile.makedirs(out)
+            out = f"{out.rstrip('/')}/{bpe.TOKENIZER_FILE}"
+    else:
+        model = train(
+            texts,
+            vocab_size=FLAGS.vocab_size,
+            num_masks=FLAGS.num_masks,
+            model_type=FLAGS.model_type,
+        )
+    with tf.io.gfile.GFile(out, "wb") as f:
         f.write(model)
-    logging.info("Wrote %s (%d bytes)", FLAGS.out, len(model))
+    logging.info("Wrote %s (%d bytes)", out, len(model))
 
 
 if __name__ == "__main__":

@@ -80,6 +80,11 @@ class CodeVocabulary(seqio.SentencePieceVocabulary):
         return piece_id
 
     @property
+    def decoder_start_id(self) -> int:
+        """The input before a document's first token: seqio's shift-right fill, pad (0)."""
+        return self.pad_id
+
+    @property
     def sep_id(self) -> int:
         """Id of ``<sep>``, which separates the corrupted file from its spans."""
         return self._special_id(SEP_PIECE)
@@ -124,3 +129,13 @@ class CodeVocabulary(seqio.SentencePieceVocabulary):
 def default_vocabulary() -> CodeVocabulary:
     """The shipped vocabulary: 8192 pieces (64 masks) trained on the embedded corpus."""
     return CodeVocabulary(str(DEFAULT_MODEL_FILE))
+
+
+def load_vocabulary(path: str) -> seqio.Vocabulary:
+    """The vocabulary a path names: a sentencepiece ``.model`` (CodeVocabulary), else a
+    Hugging Face tokenizer.json or a directory holding one (HFVocabulary)."""
+    from codegen2_jax.data import hf_vocab  # tokenizers only for Hugging Face vocabularies
+
+    if str(path).endswith(".model"):
+        return CodeVocabulary(str(path))
+    return hf_vocab.HFVocabulary(str(path))

@@ -16,6 +16,7 @@ class FakeCodeVocabulary(seqio.PassThroughVocabulary):
         super().__init__(size=SIZE, eos_id=EOS)
 
     pad_id = PAD
+    decoder_start_id = PAD
     sep_id = SEP
     eom_id = EOM
     num_masks = NUM_MASKS

@@ -109,3 +109,25 @@ def test_command_trains_from_files(tmp_path):
     trained = vocab.CodeVocabulary(str(out))
     assert trained.num_masks == 4 and trained.sep_id == 3
     assert trained.decode(trained.encode(CORPUS[0])) == CORPUS[0]
+
+
+def test_command_trains_a_byte_level_bpe_in_codegen2s_layout(tmp_path):
+    (tmp_path / "src" / "pkg").mkdir(parents=True)
+    for i, text in enumerate(CORPUS[:3]):
+        (tmp_path / "src" / "pkg" / f"doc{i}.py").write_text(text * 5)
+    out = tmp_path / "my_tokenizer"
+    command = [
+        sys.executable,
+        "-m",
+        "codegen2_jax.data.tokenizer",
+        f"--files={tmp_path}/src/**/*.py",
+        "--kind=byte_level_bpe",
+        "--vocab_size=300",
+        "--num_masks=4",
+        f"--out={out}",
+    ]
+    subprocess.run(command, check=True, capture_output=True, timeout=120)
+    trained = vocab.load_vocabulary(str(out))
+    assert trained.vocab_size == 300 and trained.num_masks == 4
+    assert [trained.mask_id(n) for n in (1, 4)] == [299, 296]
+    assert trained.decode(trained.encode(CORPUS[0])) == CORPUS[0]
