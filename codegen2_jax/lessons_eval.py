@@ -136,11 +136,9 @@ class ArmSampler:
     """
 
     def __init__(self, model_dir: str, settings: EvalSettings, seed: int):
-        from codegen2_jax.data import vocab  # imports seqio and TensorFlow
-
         model = sample_cli.load_checkpoint(os.path.join(model_dir, "checkpoints"))
         self.params, self.start_id = model.params, model.start_id
-        self.vocab = vocab.default_vocabulary()
+        self.vocab = model.vocabulary
         self.settings = settings
         self.rng = jax.random.key(seed)
         self._infill = sampling.make_generate(

@@ -6,7 +6,9 @@
 
 A training checkpoint (Checkpointer directory, usually MODEL_DIR/checkpoints) carries the gin
 config it was trained with; its TransformerConfig bindings rebuild the model, and a prefix-LM
-(OBJECTIVE prefix_lm) reads its prompt as a bidirectional prefix. An imported
+(OBJECTIVE prefix_lm) reads its prompt as a bidirectional prefix. Its tokenizer is the one
+training kept beside the steps (vocabulary/), and every prompt starts with the input that
+tokenizer's documents followed in training (its decoder_start_id). An imported
 Hugging Face CodeGen / CodeGen2 directory (config.json plus weights) describes itself; its
 tokenizer is used with --hf_tokenizer (files in that directory, read offline), otherwise the
 shipped code vocabulary. Prints one JSON line per sample.
@@ -18,6 +20,7 @@ import argparse
 import ast
 import dataclasses
 import json
+import logging
 import re
 from collections.abc import Sequence
 from typing import Any, NamedTuple
@@ -163,20 +166,31 @@ class LoadedModel(NamedTuple):
       params, config: the parameters and their TransformerConfig.
       start_id: what every prompt starts with (sampling's module docstring), or None.
       prefix_prompt: whether the prompt is a bidirectional prefix (a prefix-LM).
+      vocabulary: the tokenizer it was trained with, or None (a Hugging Face directory).
     """
 
     params: Any
     config: TransformerConfig
     start_id: int | None
     prefix_prompt: bool
+    vocabulary: Any = None
 
 
 def load_checkpoint(directory: str) -> LoadedModel:
     """A model trained here: its newest valid parameters and training conventions."""
+    from codegen2_jax.data import vocab  # imports seqio and TensorFlow
+
     text = latest_gin_config(directory)
     config = model_config_from_gin(text)
     params = restore_checkpoint(directory, config)
-    return LoadedModel(params, config, sampling.DECODER_START_ID, trained_as_prefix_lm(text))
+    vocabulary = vocab.load_saved_vocabulary(
+        f"{directory.rstrip('/')}/{vocab.SAVED_VOCABULARY_DIR}"
+    )
+    if vocabulary is None:  # saved before training kept its tokenizer
+        logging.warning("%s keeps no tokenizer: using the shipped one", directory)
+        vocabulary = vocab.default_vocabulary()
+    start_id = vocabulary.decoder_start_id
+    return LoadedModel(params, config, start_id, trained_as_prefix_lm(text), vocabulary)
 
 
 def load_model(args: argparse.Namespace) -> LoadedModel:
@@ -191,11 +205,14 @@ def load_model(args: argparse.Namespace) -> LoadedModel:
     return loaded
 
 
-def load_vocabulary(args: argparse.Namespace) -> sampling.InfillVocabulary:
+def load_vocabulary(args: argparse.Namespace, model: LoadedModel) -> sampling.InfillVocabulary:
+    """The checkpoint's own tokenizer; for --hf_dir, its own (--hf_tokenizer) or the shipped one."""
     if args.hf_tokenizer:
         if not args.hf_dir:
             raise ValueError("--hf_tokenizer reads the tokenizer of --hf_dir")
         return HFTokenizerVocabulary(args.hf_dir)
+    if model.vocabulary is not None:
+        return model.vocabulary
     from codegen2_jax.data import vocab  # imports seqio and TensorFlow
 
     return vocab.default_vocabulary()
@@ -206,7 +223,7 @@ def run(args: argparse.Namespace) -> list[dict]:
     if (args.prompt is None) == (args.prefix is None and args.suffix is None):
         raise ValueError("give either --prompt, or --prefix and/or --suffix")
     model = load_model(args)
-    vocab = load_vocabulary(args)
+    vocab = load_vocabulary(args, model)
     generate = sampling.make_generate(
         model.config,
         max_new_tokens=args.max_new_tokens,

@@ -18,10 +18,11 @@ time: after fill_n the prompt grows by `fill_n <eom> <mask_{n+1}>` and decoding 
 which reproduces the training layout `<sep> <mask_1> span_1 <eom> <mask_2> span_2 <eom>`.
 A middle that reaches max_new_tokens without <eom> is kept as it is.
 
-Models trained by this codebase saw DECODER_START_ID at position 0 of every document (seqio's
-decoder inputs are the targets shifted right), so their prompts start with it (start_id);
-models trained on a plain token stream, such as the released CodeGen2 checkpoints, take
-prompts as they are (start_id=None).
+Models trained by this codebase saw their vocabulary's decoder_start_id at position 0 of
+every document (seqio's decoder inputs are the targets shifted right: pad 0 for the project's
+sentencepiece vocabularies, <|endoftext|> for byte-level BPE ones), so their prompts start with
+it (start_id); models trained on a plain token stream, such as the released CodeGen2
+checkpoints, take prompts as they are (start_id=None).
 
 This module takes token ids or a vocabulary object from the caller and imports neither
 TensorFlow nor seqio, so it runs on any JAX image.
@@ -43,7 +44,6 @@ from codegen2_jax.model import Decoder, TransformerConfig, init_cache
 from codegen2_jax.partitioning import Partitioner
 
 NO_STOP = -1  # pads stop-token lists; token ids are never negative
-DECODER_START_ID = 0  # seqio's shift-right fill: the input before each document's first token
 
 
 class SampleOutput(NamedTuple):

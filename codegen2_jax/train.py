@@ -12,7 +12,7 @@ import jax
 import optax
 
 from codegen2_jax import checkpointing, metrics, train_state, trainer, watchdog
-from codegen2_jax.data import cache, pipeline
+from codegen2_jax.data import cache, pipeline, vocab
 from codegen2_jax.evaluation.perplexity import Evaluator
 from codegen2_jax.model import Decoder, TransformerConfig
 from codegen2_jax.partitioning import Partitioner
@@ -73,13 +73,13 @@ def train(
     """
     if use_cached:
         cache.require_cached([train_task, *eval_tasks], cache_dir)
+    checkpoint_dir = os.path.join(model_dir, "checkpoints")
+    _record_vocabulary(checkpoint_dir, pipeline.task_vocabulary(train_task), model_config)
     model = Decoder(model_config)
     shape = (batch_size, seq_len)
     abstract, shardings = train_state.state_shardings(model, optimizer, shape, partitioner)
     data = _host_batches(train_task, seq_len, batch_size, seed, data_shards, use_cached)
-    checkpointer = checkpointing.Checkpointer(
-        os.path.join(model_dir, "checkpoints"), max_to_keep=keep_checkpoints
-    )
+    checkpointer = checkpointing.Checkpointer(checkpoint_dir, max_to_keep=keep_checkpoints)
     step_fn = jax.jit(
         trainer.make_train_step(model, optimizer, z_loss=z_loss, num_microbatches=num_microbatches),
         in_shardings=(shardings, partitioner.batch_sharding()),
@@ -138,6 +138,35 @@ def train(
             with dog.slow_op("the last checkpoint commit"):
                 loop.writer.close()
                 checkpointer.close()
+
+
+def _record_vocabulary(checkpoint_dir: str, vocabulary, model_config: TransformerConfig) -> None:
+    """Checks the model against its tokenizer and keeps the tokenizer with the checkpoints.
+
+    Sampling, evaluation and export read it back (vocab.load_saved_vocabulary), so they
+    tokenize as training did. A rerun must use the tokenizer its checkpoints were made with.
+    """
+    size = vocabulary.vocab_size
+    if model_config.vocab_size < size:
+        raise ValueError(
+            f"VOCAB_SIZE {model_config.vocab_size} is smaller than the tokenizer's {size} ids"
+        )
+    if model_config.vocab_size > size:
+        logging.warning(
+            "VOCAB_SIZE %d is larger than the tokenizer's %d ids: %d embedding rows stay unused",
+            model_config.vocab_size,
+            size,
+            model_config.vocab_size - size,
+        )
+    directory = os.path.join(checkpoint_dir, vocab.SAVED_VOCABULARY_DIR)
+    saved = vocab.load_saved_vocabulary(directory)
+    if saved is not None and saved != vocabulary:
+        raise ValueError(
+            f"{directory} holds the tokenizer this run's checkpoints were trained with, and "
+            "the configured one (VOCABULARY) differs; use that one or another MODEL_DIR"
+        )
+    if saved is None and jax.process_index() == 0:
+        vocab.save_vocabulary(vocabulary, directory)
 
 
 def _restore_or_init(checkpointer, data, abstract, shardings, init: Callable):

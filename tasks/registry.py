@@ -1,6 +1,6 @@
 """How a corpus becomes tasks: "<corpus>_<version>_<objective>" for each objective.
 
-Every task reads its source's text field, tokenizes it with the code vocabulary (no EOS:
+Every task reads its source's text field, tokenizes it with the run's vocabulary (no EOS:
 the objectives append it) and ends with one objective of tasks.objectives. seqio's offline
 cache (codegen2_jax.data.cache) stores what comes before the objective: the tokenized
 documents, so masks and mixture draws are still made afresh in every epoch.
@@ -9,10 +9,21 @@ documents, so masks and mixture draws are still made afresh in every epoch.
 import functools
 from collections.abc import Sequence
 
+import gin
 import seqio
 
 from codegen2_jax.data import features, vocab
 from tasks import objectives
+
+
+@gin.configurable(module="tasks")
+def run_vocabulary(path: str | None = None) -> str | None:
+    """The tokenizer of every corpus registered without its own (gin: VOCABULARY).
+
+    A sentencepiece ``.model``, a Hugging Face tokenizer.json or a directory holding one
+    (e.g. a released CodeGen2 checkpoint's); None: the shipped code vocabulary.
+    """
+    return path
 
 
 def task_name(corpus: str, version: str, objective: str) -> str:
@@ -37,12 +48,14 @@ def register_corpus(
       source: a seqio DataSource whose examples hold the document in ``text_field``.
       text_field: the field holding a document's text.
       objectives_to_register: names from tasks.objectives.OBJECTIVES (default: all).
-      vocabulary: the tokenizer (default: the shipped code vocabulary).
+      vocabulary: the tokenizer (default: the run's, ``tasks.run_vocabulary``).
 
     Returns:
       The registered task names.
     """
-    output_features = features.output_features(vocabulary or vocab.default_vocabulary())
+    output_features = features.output_features(
+        vocabulary or vocab.ConfiguredVocabulary(run_vocabulary)
+    )
     names = []
     for objective in objectives_to_register:
         name = task_name(corpus, version, objective)

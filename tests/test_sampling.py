@@ -204,7 +204,7 @@ def test_prompts_start_with_the_decoder_start_token_when_asked():
 
     common = dict(rng=jax.random.key(0), max_new_tokens=1)
     sampling.complete(generate, None, v, ["ab"], **common)
-    sampling.complete(generate, None, v, ["ab"], start_id=sampling.DECODER_START_ID, **common)
+    sampling.complete(generate, None, v, ["ab"], start_id=0, **common)
     sampling.infill(generate, None, v, [["a", "b", "c"]], start_id=7, **common)
     assert prompts == [
         [97, 98],

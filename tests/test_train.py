@@ -9,14 +9,16 @@ import random
 import signal
 import subprocess
 
+import gin
 import numpy as np
 import pytest
 import seqio
 import tensorflow_datasets as tfds
 
-from codegen2_jax import gin_config, metrics, plot_curves, train
-from codegen2_jax.data import sources
+from codegen2_jax import gin_config, metrics, plot_curves, sample_cli, train
+from codegen2_jax.data import bpe, sources, vocab
 from tests import training_runs
+from tests.data import tiny_bpe
 
 
 @pytest.fixture(scope="module")
@@ -80,12 +82,12 @@ def declared_corpus(tmp_path):
         seqio.TaskRegistry.remove(name)
 
 
-def _train(model_dir, corpus: str, steps: int) -> None:
+def _train(model_dir, corpus: str, steps: int, *more: str) -> None:
     bindings = [f"MODEL_DIR = '{model_dir}'", f"CORPUS = '{corpus}'", f"TRAIN_STEPS = {steps}"]
     bindings += ["train.train.log_every = 1", "train.train.checkpoint_every = 5"]
     bindings += ["optim.make_optimizer.total_steps = 12"]  # one schedule, however far it runs
-    gin_config.parse(["experiments/tiny_cpu.gin"], bindings)
-    gin_config.configured(train.train)()
+    gin_config.parse(["experiments/tiny_cpu.gin"], [*bindings, *more])
+    gin_config.configured(train.train)(config_text=gin.config_str())  # as main records it
 
 
 def test_a_declared_corpus_saves_and_resumes_exactly(tmp_path, declared_corpus):
@@ -97,6 +99,28 @@ def test_a_declared_corpus_saves_and_resumes_exactly(tmp_path, declared_corpus):
     expected = {s: m["train/loss"] for s, m in metrics.read_metrics(unbroken).items()}
     assert {s: m["train/loss"] for s, m in metrics.read_metrics(resumed).items()} == expected
     assert sorted(expected) == list(range(1, 13))
+
+
+def test_one_binding_chooses_the_tokenizer_and_checkpoints_keep_it(tmp_path, corpus_dir):
+    """VOCABULARY tokenizes the registered corpora; sampling reads the tokenizer back."""
+    import tasks  # noqa: F401
+
+    bpe_dir = tiny_bpe.write(tmp_path / "bpe")
+    run = tmp_path / "run"
+    data = f"tasks.stdlib_data_dir.path = '{corpus_dir}'"
+    chosen = [f"VOCABULARY = '{bpe_dir}'", f"VOCAB_SIZE = {tiny_bpe.VOCAB_SIZE}", data]
+    with pytest.raises(ValueError, match="VOCAB_SIZE 512 is smaller than the tokenizer's 1024"):
+        _train(run, "stdlib_py", 6, *chosen, "VOCAB_SIZE = 512")
+    _train(run, "stdlib_py", 6, *chosen)
+    assert sorted(metrics.read_metrics(run)) == list(range(1, 7))
+    kept = run / "checkpoints" / vocab.SAVED_VOCABULARY_DIR / bpe.TOKENIZER_FILE
+    assert kept.read_text() == (bpe_dir / bpe.TOKENIZER_FILE).read_text()
+
+    loaded = sample_cli.load_checkpoint(str(run / "checkpoints"))
+    assert loaded.vocabulary == vocab.load_vocabulary(str(bpe_dir))
+    assert loaded.start_id == loaded.vocabulary.eos_id  # what each document followed
+    with pytest.raises(ValueError, match="VOCABULARY"):  # a rerun with another tokenizer
+        _train(run, "stdlib_py", 12, data)
 
 
 class TinyCode(tfds.core.GeneratorBasedBuilder):

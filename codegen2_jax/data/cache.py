@@ -11,17 +11,24 @@ mixture draws) and packing still run per epoch when a run reads it. The command 
 ...; DirectRunner by default) with two additions: ``--tasks`` also takes mixture names (their
 tasks are cached), and ``--gin.NAME=VALUE`` / ``--gin_bindings`` bind data roots before the
 tasks are read. Beam workers on other machines import ``tasks`` (``--module_import``) but do
-not see gin bindings, so a corpus cached on Dataflow names its files in its declaration.
+not see gin bindings, so the command refuses bindings with another runner: a corpus cached on
+Dataflow names its files and tokenizer in its declaration.
 
-A run reads the cache with ``USE_CACHED = True`` and ``CACHE_DIR = "DIR"``; ``require_cached``
-stops it before any work when a task has no finished cache there.
+Each task's cache keeps the tokenizer it was made with (``vocabulary/``, as checkpoints do). A
+run reads the cache with ``USE_CACHED = True`` and ``CACHE_DIR = "DIR"``; ``require_cached``
+stops it before any work when a task has no finished cache there, or one made with another
+tokenizer than the run's.
 """
 
+import logging
+import os
 import re
 import sys
 from collections.abc import Iterable, Sequence
 
 import seqio
+
+from codegen2_jax.data import pipeline, vocab
 
 
 def cached_tasks(names: Iterable[str]) -> list[str]:
@@ -50,14 +57,29 @@ def require_cached(names: Sequence[str], cache_dir: str | None) -> None:
     if not cache_dir:
         raise ValueError("USE_CACHED = True needs CACHE_DIR, the --output_cache_dir of the cache")
     seqio.add_global_cache_dirs([cache_dir])
-    missing = [
-        name for name in cached_tasks(names) if not seqio.get_mixture_or_task(name).cache_dir
-    ]
+    missing = [name for name in cached_tasks(names) if not seqio.TaskRegistry.get(name).cache_dir]
     if missing:
         raise ValueError(
             f"no finished cache of {', '.join(missing)} in {cache_dir}; build it with "
             f"`{command(names, cache_dir)}` (plus the run's data bindings), "
             "or train with USE_CACHED = False"
+        )
+    for name in cached_tasks(names):
+        _check_tokenizer(name, seqio.TaskRegistry.get(name).cache_dir)
+
+
+def _vocabulary_dir(task_cache_dir: str) -> str:
+    return os.path.join(task_cache_dir, vocab.SAVED_VOCABULARY_DIR)
+
+
+def _check_tokenizer(name: str, task_cache_dir: str) -> None:
+    saved = vocab.load_saved_vocabulary(_vocabulary_dir(task_cache_dir))
+    if saved is None:
+        logging.warning("%s keeps no tokenizer (not cached by this command): unchecked", name)
+    elif saved != pipeline.task_vocabulary(name):
+        raise ValueError(
+            f"the cache of {name} in {task_cache_dir} was tokenized with another tokenizer "
+            "than this run's (VOCABULARY); cache it again into another directory"
         )
 
 
@@ -72,11 +94,14 @@ def _seqio_argv(argv: Sequence[str]) -> list[str]:
     return out
 
 
-def _report(names: Sequence[str], cache_dir: str) -> None:
-    """One line per cached task and split: examples and tokens (seqio's stats.json)."""
+def _finish(names: Sequence[str], cache_dir: str) -> None:
+    """Keeps each new cache's tokenizer; one line per task and split (seqio's stats.json)."""
     seqio.add_global_cache_dirs([cache_dir])
     for name in names:
         task = seqio.TaskRegistry.get(name)
+        if vocab.load_saved_vocabulary(_vocabulary_dir(task.cache_dir)) is None:
+            vocab.save_vocabulary(pipeline.task_vocabulary(name), _vocabulary_dir(task.cache_dir))
+        _check_tokenizer(name, task.cache_dir)
         for split in task.splits:
             stats = task.get_cached_stats(split)
             print(
@@ -109,9 +134,15 @@ def main() -> None:
         argv.append("--verbosity=-1")  # Beam's and seqio's INFO lines only when asked for
 
     def run(unused_argv):
-        print(f"caching {', '.join(names)} (Beam: {flags.FLAGS.pipeline_options})")
+        options = flags.FLAGS.pipeline_options
+        if bindings and any(o.startswith("--runner") and "DirectRunner" not in o for o in options):
+            raise app.UsageError(
+                "gin bindings do not reach Beam workers on other machines: declare the "
+                "corpus's files and tokenizer in tasks/ instead of binding them"
+            )
+        print(f"caching {', '.join(names)} (Beam: {options})")
         cache_tasks_main.main(unused_argv)
-        _report(names, flags.FLAGS.output_cache_dir)
+        _finish(names, flags.FLAGS.output_cache_dir)
 
     app.run(run, argv=argv)
 

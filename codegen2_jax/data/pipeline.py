@@ -55,9 +55,7 @@ def make_dataset(
       pack: pack several examples per row (training) or pad one per row.
       use_cached: read seqio's offline cache (codegen2_jax.data.cache) instead of the source.
     """
-    vocabulary = (
-        seqio.get_mixture_or_task(mixture_or_task_name).output_features[features.TARGETS].vocabulary
-    )
+    vocabulary = task_vocabulary(mixture_or_task_name)
     dataset = seqio.get_dataset(
         mixture_or_task_name,
         task_feature_lengths=features.task_feature_lengths(feature_lengths[features.TARGETS]),
@@ -75,6 +73,12 @@ def make_dataset(
     options = tf.data.Options()
     options.deterministic = True
     return dataset.with_options(options).prefetch(tf.data.AUTOTUNE)
+
+
+def task_vocabulary(mixture_or_task_name: str) -> seqio.Vocabulary:
+    """The token vocabulary of a registered task or mixture (a configured one as it resolves)."""
+    targets = seqio.get_mixture_or_task(mixture_or_task_name).output_features[features.TARGETS]
+    return getattr(targets.vocabulary, "resolved", targets.vocabulary)
 
 
 def host_shards(num_shards: int, process_index: int, process_count: int) -> range:

@@ -125,6 +125,13 @@ class CodeVocabulary(seqio.SentencePieceVocabulary):
         state.pop("num_masks", None)  # cached_property: recomputed after unpickling.
         return state
 
+    def __eq__(self, other) -> bool:
+        # The same model whatever file it was read from (seqio's compares file paths too).
+        return isinstance(other, CodeVocabulary) and self.sp_model == other.sp_model
+
+    def __hash__(self) -> int:
+        return hash(self.sp_model)
+
 
 def default_vocabulary() -> CodeVocabulary:
     """The shipped vocabulary: 8192 pieces (64 masks) trained on the embedded corpus."""
@@ -139,3 +146,91 @@ def load_vocabulary(path: str) -> seqio.Vocabulary:
     if str(path).endswith(".model"):
         return CodeVocabulary(str(path))
     return hf_vocab.HFVocabulary(str(path))
+
+
+SAVED_FILES = ("code.model", "tokenizer.json")  # a saved vocabulary: one of these
+SAVED_VOCABULARY_DIR = "vocabulary"  # beside the steps of a Checkpointer directory
+
+
+def vocabulary_file(vocabulary: seqio.Vocabulary) -> tuple[str, bytes]:
+    """The file that describes a vocabulary: (name, contents) for save_vocabulary."""
+    if isinstance(vocabulary, CodeVocabulary):
+        return SAVED_FILES[0], vocabulary.sp_model
+    return SAVED_FILES[1], vocabulary.tokenizer.tokenizer_json.encode("utf-8")
+
+
+def save_vocabulary(vocabulary: seqio.Vocabulary, directory: str) -> str:
+    """Writes the vocabulary's file into directory (any tf.io.gfile path); returns its path."""
+    name, contents = vocabulary_file(vocabulary)
+    tf.io.gfile.makedirs(directory)
+    path = f"{directory.rstrip('/')}/{name}"
+    # Written whole, then renamed: other processes may be reading the directory.
+    with tf.io.gfile.GFile(path + ".incomplete", "wb") as f:
+        f.write(contents)
+    tf.io.gfile.rename(path + ".incomplete", path, overwrite=True)
+    return path
+
+
+def load_saved_vocabulary(directory: str) -> seqio.Vocabulary | None:
+    """The vocabulary save_vocabulary wrote into directory, or None if there is none."""
+    for name in SAVED_FILES:
+        path = f"{directory.rstrip('/')}/{name}"
+        if tf.io.gfile.exists(path):
+            return load_vocabulary(path)
+    return None
+
+
+@functools.cache
+def _load_cached(path: str) -> seqio.Vocabulary:
+    return load_vocabulary(path)
+
+
+class ConfiguredVocabulary(seqio.Vocabulary):
+    """The vocabulary a run configures, looked up when first used rather than at registration.
+
+    Registered tasks are built when ``tasks`` is imported, before a run's gin config is
+    parsed; this stands in for the vocabulary that ``path()`` names when the data is read
+    (None: the shipped one), so one binding chooses the tokenizer of every registered corpus.
+
+    Args:
+      path: returns the path of a vocabulary (load_vocabulary), or None.
+    """
+
+    def __init__(self, path):
+        self._path = path
+        super().__init__(extra_ids=0)
+
+    @property
+    def resolved(self) -> seqio.Vocabulary:
+        """The vocabulary the configured path names now."""
+        return _load_cached(str(self._path() or DEFAULT_MODEL_FILE))
+
+    def __getattr__(self, name):
+        # Everything else (sep_id, eom_id, mask_id, num_masks, decoder_start_id, tokenizer)
+        # is the configured vocabulary's.
+        if name.startswith("__") or name in ("_path", "_extra_ids"):
+            raise AttributeError(name)
+        return getattr(self.resolved, name)
+
+    eos_id = property(lambda self: self.resolved.eos_id)
+    pad_id = property(lambda self: self.resolved.pad_id)
+    unk_id = property(lambda self: self.resolved.unk_id)
+    _base_vocab_size = property(lambda self: self.resolved.vocab_size)
+
+    def _encode(self, s):
+        return self.resolved.encode(s)
+
+    def _decode(self, ids):
+        return self.resolved.decode(ids)
+
+    def _encode_tf(self, s):
+        return self.resolved.encode_tf(s)
+
+    def _decode_tf(self, ids):
+        return self.resolved.decode_tf(ids)
+
+    def __eq__(self, other) -> bool:
+        return self.resolved == getattr(other, "resolved", other)
+
+    def __hash__(self) -> int:
+        return hash(self.resolved)

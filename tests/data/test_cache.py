@@ -12,8 +12,9 @@ import seqio
 import tensorflow as tf
 
 from codegen2_jax import gin_config, metrics, train
-from codegen2_jax.data import cache, pipeline
+from codegen2_jax.data import cache, pipeline, vocab
 from tests import training_runs
+from tests.data import tiny_bpe
 
 MIXTURE = "stdlib_v1_codegen2_mix"  # one task: stdlib_py_v1_codegen2_mix
 TASK = "stdlib_py_v1_codegen2_mix"
@@ -140,3 +141,16 @@ def test_mixtures_are_cached_as_their_tasks():
         "stdlib_py_v1_codegen2_mix",
         "stdlib_py_v1_causal",
     ]
+
+
+def test_the_cache_keeps_its_tokenizer_and_a_run_with_another_stops(built, tmp_path):
+    import tasks  # noqa: F401
+
+    kept = vocab.load_saved_vocabulary(os.path.join(built[0], TASK, vocab.SAVED_VOCABULARY_DIR))
+    assert kept == vocab.default_vocabulary()
+    gin.parse_config([f"tasks.run_vocabulary.path = '{tiny_bpe.write(tmp_path / 'bpe')}'"])
+    try:
+        with pytest.raises(ValueError, match="another tokenizer"):
+            cache.require_cached([MIXTURE], built[0])
+    finally:
+        gin.clear_config()

@@ -92,41 +92,35 @@ def test_trained_model_has_the_special_layout(tiny_model):
         assert tiny_model.decode(tiny_model.encode(text)) == text
 
 
-def test_command_trains_from_files(tmp_path):
+def _train_with_the_command(directory, pattern: str, *flags: str) -> None:
+    """Writes CORPUS's first three documents under directory/src/pkg, then runs the command."""
+    (directory / "src" / "pkg").mkdir(parents=True)
     for i, text in enumerate(CORPUS[:3]):
-        (tmp_path / f"doc{i}.py").write_text(text * 5)
-    out = tmp_path / "cli.model"
-    command = [
-        sys.executable,
-        "-m",
-        "codegen2_jax.data.tokenizer",
-        f"--files={tmp_path}/*.py",
-        "--vocab_size=400",
-        "--num_masks=4",
-        f"--out={out}",
-    ]
+        (directory / "src" / "pkg" / f"doc{i}.py").write_text(text * 5)
+    command = [sys.executable, "-m", "codegen2_jax.data.tokenizer", f"--files={pattern}", *flags]
     subprocess.run(command, check=True, capture_output=True, timeout=120)
+
+
+def test_command_trains_from_files(tmp_path):
+    out = tmp_path / "cli.model"
+    _train_with_the_command(
+        tmp_path, f"{tmp_path}/src/pkg/*.py", "--vocab_size=400", "--num_masks=4", f"--out={out}"
+    )
     trained = vocab.CodeVocabulary(str(out))
     assert trained.num_masks == 4 and trained.sep_id == 3
     assert trained.decode(trained.encode(CORPUS[0])) == CORPUS[0]
 
 
 def test_command_trains_a_byte_level_bpe_in_codegen2s_layout(tmp_path):
-    (tmp_path / "src" / "pkg").mkdir(parents=True)
-    for i, text in enumerate(CORPUS[:3]):
-        (tmp_path / "src" / "pkg" / f"doc{i}.py").write_text(text * 5)
     out = tmp_path / "my_tokenizer"
-    command = [
-        sys.executable,
-        "-m",
-        "codegen2_jax.data.tokenizer",
-        f"--files={tmp_path}/src/**/*.py",
+    _train_with_the_command(
+        tmp_path,
+        f"{tmp_path}/src/**/*.py",
         "--kind=byte_level_bpe",
         "--vocab_size=300",
         "--num_masks=4",
         f"--out={out}",
-    ]
-    subprocess.run(command, check=True, capture_output=True, timeout=120)
+    )
     trained = vocab.load_vocabulary(str(out))
     assert trained.vocab_size == 300 and trained.num_masks == 4
     assert [trained.mask_id(n) for n in (1, 4)] == [299, 296]
