@@ -17,6 +17,7 @@ import argparse
 import importlib
 import json
 import pathlib
+import re
 import sysconfig
 import time
 
@@ -38,7 +39,8 @@ def stdlib_sources(max_files: int) -> list[str]:
 
 def register_in_memory_task(texts: list[str], vocabulary_path: str | None = None) -> str:
     """Registers (once) a task over `texts`: tokenize, then the CodeGen2 mixture."""
-    name = IN_MEMORY_TASK if vocabulary_path is None else f"{IN_MEMORY_TASK}_{vocabulary_path}"
+    suffix = "" if vocabulary_path is None else "_" + re.sub(r"\W", "_", vocabulary_path)
+    name = IN_MEMORY_TASK + suffix
     if name not in seqio.TaskRegistry.names():
 
         def documents(split, shuffle_files, seed=None):
