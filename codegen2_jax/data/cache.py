@@ -57,14 +57,15 @@ def require_cached(names: Sequence[str], cache_dir: str | None) -> None:
     if not cache_dir:
         raise ValueError("USE_CACHED = True needs CACHE_DIR, the --output_cache_dir of the cache")
     seqio.add_global_cache_dirs([cache_dir])
-    missing = [name for name in cached_tasks(names) if not seqio.TaskRegistry.get(name).cache_dir]
+    tasks = cached_tasks(names)
+    missing = [name for name in tasks if not seqio.TaskRegistry.get(name).cache_dir]
     if missing:
         raise ValueError(
             f"no finished cache of {', '.join(missing)} in {cache_dir}; build it with "
             f"`{command(names, cache_dir)}` (plus the run's data bindings), "
             "or train with USE_CACHED = False"
         )
-    for name in cached_tasks(names):
+    for name in tasks:
         _check_tokenizer(name, seqio.TaskRegistry.get(name).cache_dir)
 
 
@@ -83,15 +84,10 @@ def _check_tokenizer(name: str, task_cache_dir: str) -> None:
         )
 
 
-def _seqio_argv(argv: Sequence[str]) -> list[str]:
-    """seqio's arguments: --tasks with mixtures spelled as their tasks (escaped regexes)."""
-    out = []
-    for arg in argv:
-        if arg.startswith("--tasks="):
-            names = cached_tasks(arg.split("=", 1)[1].split(","))
-            arg = "--tasks=" + ",".join(re.escape(name) for name in names)
-        out.append(arg)
-    return out
+def _seqio_argv(argv: Sequence[str], tasks: Sequence[str]) -> list[str]:
+    """seqio's arguments: --tasks spelled as the tasks to cache (escaped regexes)."""
+    spelled = "--tasks=" + ",".join(re.escape(name) for name in tasks)
+    return [spelled if arg.startswith("--tasks=") else arg for arg in argv]
 
 
 def _finish(names: Sequence[str], cache_dir: str) -> None:
@@ -127,7 +123,7 @@ def main() -> None:
     names = cached_tasks(
         n for a in argv if a.startswith("--tasks=") for n in a.split("=", 1)[1].split(",")
     )
-    argv = _seqio_argv(argv)
+    argv = _seqio_argv(argv, names)
     if not any(a.startswith("--module_import=") for a in argv):
         argv.append("--module_import=tasks")
     if not any(a.startswith(("--verbosity", "-v")) for a in argv):

@@ -74,8 +74,9 @@ class ChunkedFiles:
         path = path.decode("utf-8") if isinstance(path, bytes) else path
         index = int(index)
         documents = self._take_reader(path, index)
-        chunk = list(itertools.islice(documents, self._chunk_size)) if documents else []
-        if documents and len(chunk) < self._chunk_size:
+        done = documents is None
+        chunk = [] if done else list(itertools.islice(documents, self._chunk_size))
+        if not done and len(chunk) < self._chunk_size:
             documents.close()  # The file is done: close it now, not at garbage collection.
             documents = None  # Remembered as done, so the empty chunk after it reads nothing.
         self._put_reader(path, index + 1, documents)
