@@ -37,6 +37,7 @@ setuptools.setup(
         "clu",
         "flax>=0.10",
         "gin-config",
+        "huggingface_hub",  # sharded safetensors exports (codegen2_jax.hf)
         "jax>=0.6",
         "matplotlib",  # loss-curve PNGs
         "numpy",

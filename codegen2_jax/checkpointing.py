@@ -270,6 +270,35 @@ class Checkpointer:
         target = _placed(abstract_params, shardings)
         return self._restore_newest(functools.partial(self._restore_params, target=target))
 
+    def restore_params(self, step: int, abstract_params, shardings) -> RestoredCheckpoint:
+        """The parameters alone of one given step (exporters pick a step), verified.
+
+        Raises:
+          CheckpointError: the step is not committed here, or is unusable (why is named).
+          CheckpointMismatchError: as restore_latest, for the parameters.
+        """
+        self._require_committed(step)
+        target = _placed(abstract_params, shardings)
+        try:
+            return self._restore_params(step, target)
+        except _UnusableStep as e:
+            raise CheckpointError(f"checkpoint step {step} in {self.directory}: {e}") from e
+
+    def gin_config(self, step: int) -> str:
+        """The gin config that one given step was trained with (no arrays are read)."""
+        self._require_committed(step)
+        try:
+            return _agreed(functools.partial(self._read_manifest, step))["gin_config"]
+        except _UnusableStep as e:
+            raise CheckpointError(f"checkpoint step {step} in {self.directory}: {e}") from e
+
+    def _require_committed(self, step: int) -> None:
+        if step not in self.all_steps():
+            raise CheckpointError(
+                f"no committed step {step} in {self.directory}; committed steps: "
+                f"{self.all_steps() or 'none'}"
+            )
+
     def _restore_newest(
         self, restore: Callable[[int], RestoredCheckpoint]
     ) -> RestoredCheckpoint | None:

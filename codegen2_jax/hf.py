@@ -29,13 +29,18 @@ import re
 from collections.abc import Iterator, Mapping
 
 import flax.linen as nn
+import huggingface_hub
 import jax
 import numpy as np
 import safetensors.numpy
+from etils import epath
 
 from codegen2_jax.model.config import TransformerConfig
 
 CONFIG_FILE = "config.json"
+GENERATION_CONFIG_FILE = "generation_config.json"
+GENERATION_IDS = ("bos_token_id", "eos_token_id", "pad_token_id")
+MAX_SHARD_SIZE = "5GB"  # transformers' save_pretrained default for a weights file
 SAFETENSORS_FILE = "model.safetensors"
 INDEX_FILES = ("model.safetensors.index.json", "pytorch_model.bin.index.json")
 HF_MP_NUM = 4
@@ -78,18 +83,20 @@ def hf_config_dict(
     config: TransformerConfig,
     *,
     mp_num: int = HF_MP_NUM,
-    bos_token_id: int | None = None,
-    eos_token_id: int | None = None,
+    token_ids: Mapping[str, int] | None = None,
 ) -> dict:
     """The CodeGenConfig dictionary (config.json) of a model.
 
     Args:
       config: the model's TransformerConfig.
       mp_num: the qkv grouping of the weights written beside it (read back by infer_mp_num).
-      bos_token_id, eos_token_id: None means CodeGen's <|endoftext|> (50256) where the vocabulary
-        has it, else unset (tiny test vocabularies).
+      token_ids: bos_token_id, eos_token_id and pad_token_id of the vocabulary the model was
+        trained with; None: CodeGen's <|endoftext|> (50256) as bos and eos where the model has
+        that id (a bare parameter export), else unset.
     """
-    default_id = CODEGEN_EOS_ID if config.vocab_size > CODEGEN_EOS_ID else None
+    if token_ids is None:
+        default_id = CODEGEN_EOS_ID if config.vocab_size > CODEGEN_EOS_ID else None
+        token_ids = {"bos_token_id": default_id, "eos_token_id": default_id}
     return {
         "architectures": ["CodeGenForCausalLM"],
         "model_type": "codegen",
@@ -104,10 +111,42 @@ def hf_config_dict(
         "activation_function": "gelu_new",
         "layer_norm_epsilon": config.layer_norm_epsilon,
         "tie_word_embeddings": False,
-        "bos_token_id": default_id if bos_token_id is None else bos_token_id,
-        "eos_token_id": default_id if eos_token_id is None else eos_token_id,
+        **token_ids,
         "mp_num": mp_num,
     }
+
+
+def read_config(path: str | pathlib.Path) -> dict:
+    """The config.json of a checkpoint directory."""
+    file = epath.Path(path) / CONFIG_FILE
+    if not file.is_file():
+        raise FileNotFoundError(
+            f"{path} is not a Hugging Face checkpoint directory: no {file.name}"
+        )
+    return json.loads(file.read_text())
+
+
+# What the weights and the forward pass depend on; compute settings (dtype, scan, remat,
+# attention kernel) and the context length are the run's own.
+_ARCHITECTURE_FIELDS = (
+    "vocab_size",
+    "num_layers",
+    "embed_dim",
+    "num_heads",
+    "head_dim",
+    "rotary_dim",
+    "hidden_dim",
+    "layer_norm_epsilon",
+)
+
+
+def architecture_mismatches(checkpoint: TransformerConfig, model: TransformerConfig) -> list[str]:
+    """'field: checkpoint X, model Y' for every architecture field on which two configs differ."""
+    return [
+        f"{field}: checkpoint {getattr(checkpoint, field)}, model {getattr(model, field)}"
+        for field in _ARCHITECTURE_FIELDS
+        if getattr(checkpoint, field) != getattr(model, field)
+    ]
 
 
 def infer_mp_num(hf_config: Mapping) -> int:
@@ -284,14 +323,17 @@ def _layer_from_hf(
 
 
 def load_hf_tensors(path: str | pathlib.Path) -> dict[str, np.ndarray]:
-    """All tensors of a checkpoint directory: sharded (index json), *.safetensors, or a .bin."""
+    """All tensors of a checkpoint directory: sharded (index json), *.safetensors, or a .bin.
+
+    path: local, or any URL etils.epath reads (gs://, so every host of a pod can read it).
+    """
     tensors = {}
-    for file in _weight_files(pathlib.Path(path)):
+    for file in _weight_files(epath.Path(path)):
         tensors.update(_read_weight_file(file))
     return tensors
 
 
-def _weight_files(path: pathlib.Path) -> list[pathlib.Path]:
+def _weight_files(path: epath.Path) -> list[epath.Path]:
     for index in INDEX_FILES:
         if (path / index).exists():
             weight_map = json.loads((path / index).read_text())["weight_map"]
@@ -302,14 +344,15 @@ def _weight_files(path: pathlib.Path) -> list[pathlib.Path]:
     return files
 
 
-def _read_weight_file(file: pathlib.Path) -> dict[str, np.ndarray]:
+def _read_weight_file(file: epath.Path) -> dict[str, np.ndarray]:
     if file.suffix == ".safetensors":
-        return safetensors.numpy.load_file(file)
+        return safetensors.numpy.load(file.read_bytes())
     try:
         import torch  # optional: only PyTorch pickles need it
     except ImportError as e:
         raise ImportError(f"reading {file} needs torch; or convert it to safetensors") from e
-    state = torch.load(file, map_location="cpu", weights_only=True)
+    with file.open("rb") as f:
+        state = torch.load(f, map_location="cpu", weights_only=True)
     return {name: x.float().numpy() for name, x in state.items()}
 
 
@@ -328,7 +371,7 @@ def import_checkpoint(
       ValueError: a tensor is missing, unexpected or mis-shaped (each is named), or the config
         describes a model our Decoder cannot compute.
     """
-    hf_config = json.loads((pathlib.Path(path) / CONFIG_FILE).read_text())
+    hf_config = read_config(path)
     config = config_from_hf(hf_config, scan_layers=scan_layers)
     mp_num = infer_mp_num(hf_config) if mp_num is None else mp_num
     return from_hf_tensors(load_hf_tensors(path), config, mp_num), config
@@ -339,20 +382,60 @@ def export_checkpoint(
     config: TransformerConfig,
     out_dir: str | pathlib.Path,
     mp_num: int = HF_MP_NUM,
-) -> None:
-    """Writes config.json and model.safetensors (float32) for CodeGenForCausalLM.from_pretrained.
+    *,
+    token_ids: Mapping[str, int] | None = None,
+    max_shard_size: int | str = MAX_SHARD_SIZE,
+) -> list[str]:
+    """Writes config.json, generation_config.json and the float32 weights of a model.
+
+    Weights larger than max_shard_size are split into model-0000i-of-0000n.safetensors files
+    with a model.safetensors.index.json, as transformers' save_pretrained writes them.
 
     Args:
       params: Decoder parameter tree, boxed or not, either scan layout.
       config: the model's TransformerConfig.
-      out_dir: created if needed; existing files of the same names are replaced.
+      out_dir: created if needed; weight files an earlier export left there are replaced.
       mp_num: qkv grouping to write; only 4 runs correctly in transformers' own forward pass.
+      token_ids: as hf_config_dict; also written to generation_config.json.
+      max_shard_size: bytes per weights file (an int, or a string such as "5GB").
+
+    Returns:
+      The names of the files written.
     """
     tensors = to_hf_tensors(params, mp_num)
     check_tensors(tensors, config)  # a params / config mismatch fails before anything is written
     out = pathlib.Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    hf_config = hf_config_dict(config, mp_num=mp_num)
-    (out / CONFIG_FILE).write_text(json.dumps(hf_config, indent=2) + "\n")
-    # transformers accepts safetensors files only with a known "format" (the tensors' layout).
-    safetensors.numpy.save_file(tensors, out / SAFETENSORS_FILE, metadata={"format": "pt"})
+    hf_config = hf_config_dict(config, mp_num=mp_num, token_ids=token_ids)
+    generation = {k: hf_config[k] for k in GENERATION_IDS if hf_config.get(k) is not None}
+    _write_json(out / CONFIG_FILE, hf_config)
+    _write_json(out / GENERATION_CONFIG_FILE, generation)
+    return [CONFIG_FILE, GENERATION_CONFIG_FILE, *_write_weights(tensors, out, max_shard_size)]
+
+
+def _write_json(path: pathlib.Path, value: Mapping) -> None:
+    path.write_text(json.dumps(value, indent=2) + "\n")
+
+
+def _write_weights(
+    tensors: dict[str, np.ndarray], out: pathlib.Path, max_shard_size: int | str
+) -> list[str]:
+    """Writes the tensors as safetensors, sharded above max_shard_size; returns the file names."""
+    for stale in [*out.glob("model*.safetensors"), out / INDEX_FILES[0]]:
+        stale.unlink(missing_ok=True)  # a sharded export must not leave another layout beside
+    split = huggingface_hub.split_state_dict_into_shards_factory(
+        tensors,
+        get_storage_size=lambda x: x.nbytes,
+        filename_pattern=SAFETENSORS_FILE.replace(".safetensors", "{suffix}.safetensors"),
+        max_shard_size=max_shard_size,
+    )
+    for file, names in split.filename_to_tensors.items():
+        # transformers accepts safetensors files only with a known "format" (the tensors' layout).
+        shard = {name: tensors[name] for name in names}
+        safetensors.numpy.save_file(shard, out / file, metadata={"format": "pt"})
+    files = sorted(split.filename_to_tensors)
+    if split.is_sharded:
+        index = {"metadata": split.metadata, "weight_map": split.tensor_to_filename}
+        _write_json(out / INDEX_FILES[0], index)
+        files.append(INDEX_FILES[0])
+    return files

@@ -1,11 +1,20 @@
-"""The codegen2-hf command: moves parameters between Hugging Face CodeGen directories and msgpack.
+"""The codegen2-hf command: Hugging Face CodeGen directories from training checkpoints, and back.
 
-    codegen2-hf import --hf_dir=D --out=F.msgpack [--mp_num=8] [--no-scan_layers]
+    codegen2-hf export --checkpoint_dir=MODEL_DIR/checkpoints [--step=N] --out_dir=D
     codegen2-hf export --params=F.msgpack --out_dir=D [--mp_num=4]
+    codegen2-hf import --hf_dir=D --out=F.msgpack [--mp_num=8] [--no-scan_layers]
+
+Exporting a training checkpoint (the newest valid step, or --step) writes a directory that
+transformers loads offline: AutoTokenizer.from_pretrained(D) and
+CodeGenForCausalLM.from_pretrained(D). It holds config.json and generation_config.json (bos, eos
+and pad ids of the vocabulary the run trained with), the weights (sharded safetensors with an
+index above --max_shard_size) and the tokenizer files (codegen2_jax.data.tokenizer_files). The
+parameters are verified against the step's digests before anything is written.
 
 import writes F.msgpack (flax.serialization of the Decoder parameter tree) and beside it F.json,
-the TransformerConfig fields; export reads that pair. Training checkpoints (orbax) will plug in
-here as a second source of parameters beside the msgpack file. See hf.py for what mp_num means.
+the TransformerConfig fields, for tools; export --params reads that pair back (weights and
+config only: no tokenizer). Training starts from a Hugging Face directory with INIT_FROM_HF, not
+through these files. See hf.py for what mp_num means.
 """
 
 from __future__ import annotations
@@ -13,9 +22,11 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import logging
 import pathlib
 from collections.abc import Sequence
 
+import jax
 from flax import serialization
 
 from codegen2_jax import hf
@@ -54,11 +65,48 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         default=True,
         help="stacked layer parameters (nn.scan layout)",
     )
-    exp = commands.add_parser("export", help="msgpack params + json -> HF checkpoint directory")
-    exp.add_argument("--params", required=True, help="params file written by import (.msgpack)")
+    exp = commands.add_parser("export", help="training checkpoint -> HF checkpoint directory")
+    source = exp.add_mutually_exclusive_group(required=True)
+    source.add_argument("--checkpoint_dir", help="a training Checkpointer directory")
+    source.add_argument("--params", help="params file written by import (.msgpack)")
+    exp.add_argument("--step", type=int, help="step of --checkpoint_dir (default: newest valid)")
     exp.add_argument("--out_dir", required=True, help="directory to write")
     exp.add_argument("--mp_num", type=int, default=hf.HF_MP_NUM, help="qkv grouping to write")
-    return parser.parse_args(argv)
+    exp.add_argument(
+        "--max_shard_size", default=hf.MAX_SHARD_SIZE, help="largest weights file, e.g. 5GB"
+    )
+    args = parser.parse_args(argv)
+    if args.command == "export" and args.step is not None and not args.checkpoint_dir:
+        parser.error("--step selects a step of --checkpoint_dir")
+    return args
+
+
+def export_trained(args: argparse.Namespace) -> str:
+    """Exports a step of a training checkpoint directory; returns what was written."""
+    from codegen2_jax import trained_model  # imports TensorFlow (the saved vocabulary)
+    from codegen2_jax.data import tokenizer_files
+
+    trained = trained_model.load(args.checkpoint_dir, args.step)
+    if trained.prefix_prompt:
+        logging.warning(
+            "step %d was trained as a prefix-LM; transformers runs the export causally",
+            trained.step,
+        )
+    files = hf.export_checkpoint(
+        jax.device_get(trained.params),
+        trained.config,
+        args.out_dir,
+        mp_num=args.mp_num,
+        token_ids=tokenizer_files.token_ids(trained.vocabulary),
+        max_shard_size=args.max_shard_size,
+    )
+    files += tokenizer_files.write_tokenizer(
+        trained.vocabulary, args.out_dir, model_max_length=trained.config.max_len
+    )
+    return (
+        f"exported step {trained.step} of {args.checkpoint_dir} "
+        f"({trained.config.num_params():,} parameters) to {args.out_dir}: {', '.join(files)}"
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -70,9 +118,13 @@ def main(argv: Sequence[str] | None = None) -> None:
         )
         save_params(params, config, args.out)
         print(f"wrote {args.out} ({config.num_params():,} parameters)")
+    elif args.checkpoint_dir:
+        print(export_trained(args))
     else:
         params, config = load_params(args.params)
-        hf.export_checkpoint(params, config, args.out_dir, mp_num=args.mp_num)
+        hf.export_checkpoint(
+            params, config, args.out_dir, mp_num=args.mp_num, max_shard_size=args.max_shard_size
+        )
         print(f"wrote {args.out_dir} (mp_num {args.mp_num})")
 
 

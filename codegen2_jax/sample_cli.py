@@ -4,36 +4,28 @@
   python -m codegen2_jax.sample_cli --hf_dir=codegen2-1B --hf_tokenizer \
       --prefix='def add(a, b):' --suffix='    return c'
 
-A training checkpoint (Checkpointer directory, usually MODEL_DIR/checkpoints) carries the gin
-config it was trained with; its TransformerConfig bindings rebuild the model, and a prefix-LM
-(OBJECTIVE prefix_lm) reads its prompt as a bidirectional prefix. Its tokenizer is the one
-training kept beside the steps (vocabulary/), and every prompt starts with the input that
-tokenizer's documents followed in training (its decoder_start_id). An imported
-Hugging Face CodeGen / CodeGen2 directory (config.json plus weights) describes itself; its
-tokenizer is used with --hf_tokenizer (files in that directory, read offline), otherwise the
-shipped code vocabulary. Prints one JSON line per sample.
+A training checkpoint (Checkpointer directory, usually MODEL_DIR/checkpoints) is read as
+trained_model describes: its model, its tokenizer, and a prefix-LM reads its prompt as a
+bidirectional prefix. Every prompt starts with the input that tokenizer's documents followed
+in training (its decoder_start_id). An imported Hugging Face CodeGen / CodeGen2 directory
+(config.json plus weights) describes itself; its tokenizer.json is used with --hf_tokenizer
+(read offline, without TensorFlow), otherwise the shipped code vocabulary. Prints one JSON line
+per sample.
 """
 
 from __future__ import annotations
 
 import argparse
-import ast
 import dataclasses
 import json
-import logging
-import re
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
-import gin
 import jax
-from etils import epath
 
-from codegen2_jax import checkpointing, gin_config, hf, partitioning, sampling, train_state
-from codegen2_jax.model import Decoder, TransformerConfig
-
-MODEL_IMPORT = "from codegen2_jax.model import config"
-PREFIX_LM_OBJECTIVE = "prefix_lm"  # tasks/objectives.py's name; prompts become prefixes
+from codegen2_jax import hf, sampling, trained_model
+from codegen2_jax.data import bpe
+from codegen2_jax.model import TransformerConfig
 
 
 def make_parser() -> argparse.ArgumentParser:
@@ -58,107 +50,6 @@ def make_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _is_model_statement(statement: str) -> bool:
-    # Only what TransformerConfig reads: other bindings name modules (tasks, train) whose
-    # import would need TensorFlow, and are of no use here.
-    if statement.startswith(("from __gin__", MODEL_IMPORT, "config.TransformerConfig.")):
-        return True
-    macro = gin_config.macro_assignment(statement)
-    if macro is None:
-        return False
-    value = macro[1]
-    try:
-        ast.literal_eval(value)
-        return True
-    except (ValueError, SyntaxError):
-        return re.fullmatch(r"%[\w.]+", value) is not None
-
-
-def trained_as_prefix_lm(text: str) -> bool:
-    """Whether a saved gin config text trained a prefix-LM (its OBJECTIVE macro)."""
-    return gin_config.saved_macro(text, "OBJECTIVE") == PREFIX_LM_OBJECTIVE
-
-
-def model_config_from_gin(text: str) -> TransformerConfig:
-    """The TransformerConfig that a saved gin config text binds (its other bindings ignored)."""
-    gin.clear_config(clear_constants=True)
-    gin.parse_config(
-        "\n".join(s for s in gin_config.saved_statements(text) if _is_model_statement(s))
-    )
-    return gin_config.configured(TransformerConfig)()
-
-
-def _single_device() -> partitioning.Partitioner:
-    return partitioning.make_partitioner(rules=(), data=1, devices=jax.local_devices()[:1])
-
-
-def restore_checkpoint(directory: str, config: TransformerConfig):
-    """Parameters of the newest valid step in a Checkpointer directory, on one device.
-
-    Only the parameters are read (and verified); the optimizer state stays on disk.
-    """
-    abstract, shardings = train_state.param_shardings(Decoder(config), (1, 1), _single_device())
-    # Read-only: a running job's in-progress save must not be set aside by a reader.
-    with checkpointing.Checkpointer(directory, read_only=True) as checkpointer:
-        restored = checkpointer.restore_latest_params(abstract, shardings)
-    if restored is None:
-        raise FileNotFoundError(f"no valid checkpoint in {directory}")
-    if model_config_from_gin(restored.gin_config) != config:
-        raise ValueError(f"step {restored.step} in {directory} was trained with another model")
-    return restored.state
-
-
-def latest_gin_config(directory: str) -> str:
-    """The gin config text stored with the newest intact step of a Checkpointer directory."""
-    if not epath.Path(directory).is_dir():
-        raise FileNotFoundError(f"no checkpoint directory {directory}")
-    with checkpointing.Checkpointer(directory, read_only=True) as checkpointer:
-        text = checkpointer.latest_gin_config()
-    if text is None:
-        raise FileNotFoundError(f"no committed checkpoint in {directory}")
-    return text
-
-
-class HFTokenizerVocabulary:
-    """The sampling vocabulary interface over a transformers tokenizer (CodeGen2's names).
-
-    Args:
-      directory: holds the tokenizer files; read offline.
-    """
-
-    def __init__(self, directory: str):
-        import transformers  # optional: only this tokenizer needs it
-
-        self.tokenizer = transformers.AutoTokenizer.from_pretrained(
-            directory, local_files_only=True
-        )
-        self.eos_id = self.tokenizer.eos_token_id
-
-    # Looked up when infill asks: CodeGen 1 tokenizers complete code but have no infill tokens.
-    @property
-    def sep_id(self) -> int:
-        return self._special_id("<sep>")
-
-    @property
-    def eom_id(self) -> int:
-        return self._special_id("<eom>")
-
-    def _special_id(self, token: str) -> int:
-        token_id = self.tokenizer.convert_tokens_to_ids(token)
-        if token_id is None or token_id == self.tokenizer.unk_token_id:
-            raise ValueError(f"the tokenizer has no {token} token")
-        return token_id
-
-    def encode(self, text: str) -> list[int]:
-        return self.tokenizer.encode(text, add_special_tokens=False)
-
-    def decode(self, ids: Sequence[int]) -> str:
-        return self.tokenizer.decode(ids)
-
-    def mask_id(self, n: int) -> int:
-        return self._special_id(f"<mask_{n}>")
-
-
 class LoadedModel(NamedTuple):
     """A model to sample from and how its prompts are read.
 
@@ -178,19 +69,11 @@ class LoadedModel(NamedTuple):
 
 def load_checkpoint(directory: str) -> LoadedModel:
     """A model trained here: its newest valid parameters and training conventions."""
-    from codegen2_jax.data import vocab  # imports seqio and TensorFlow
-
-    text = latest_gin_config(directory)
-    config = model_config_from_gin(text)
-    params = restore_checkpoint(directory, config)
-    vocabulary = vocab.load_saved_vocabulary(
-        f"{directory.rstrip('/')}/{vocab.SAVED_VOCABULARY_DIR}"
+    trained = trained_model.load(directory)
+    start_id = trained.vocabulary.decoder_start_id
+    return LoadedModel(
+        trained.params, trained.config, start_id, trained.prefix_prompt, trained.vocabulary
     )
-    if vocabulary is None:  # saved before training kept its tokenizer
-        logging.warning("%s keeps no tokenizer: using the shipped one", directory)
-        vocabulary = vocab.default_vocabulary()
-    start_id = vocabulary.decoder_start_id
-    return LoadedModel(params, config, start_id, trained_as_prefix_lm(text), vocabulary)
 
 
 def load_model(args: argparse.Namespace) -> LoadedModel:
@@ -210,7 +93,7 @@ def load_vocabulary(args: argparse.Namespace, model: LoadedModel) -> sampling.In
     if args.hf_tokenizer:
         if not args.hf_dir:
             raise ValueError("--hf_tokenizer reads the tokenizer of --hf_dir")
-        return HFTokenizerVocabulary(args.hf_dir)
+        return bpe.read_local(args.hf_dir)
     if model.vocabulary is not None:
         return model.vocabulary
     from codegen2_jax.data import vocab  # imports seqio and TensorFlow

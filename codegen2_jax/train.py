@@ -11,7 +11,7 @@ from collections.abc import Callable, Sequence
 import jax
 import optax
 
-from codegen2_jax import checkpointing, metrics, train_state, trainer, watchdog
+from codegen2_jax import checkpointing, hf, metrics, train_state, trainer, watchdog
 from codegen2_jax.data import cache, pipeline, vocab
 from codegen2_jax.evaluation.perplexity import Evaluator
 from codegen2_jax.model import Decoder, TransformerConfig
@@ -45,6 +45,7 @@ def train(
     data_shards: int | None = None,
     use_cached: bool = False,
     cache_dir: str | None = None,
+    init_from_hf: str | None = None,
     step_timeout_s: float = 600.0,
     slow_op_timeout_s: float = 1800.0,
     peer_timeout_s: float = 30.0,
@@ -63,6 +64,9 @@ def train(
         counts with the same data_shards see the same global batches.
       use_cached: read the training and evaluation tasks from seqio's offline cache in
         cache_dir (codegen2_jax.data.cache); a task without one stops the run at once.
+      init_from_hf: a Hugging Face CodeGen / CodeGen2 directory whose weights start the run
+        (optimizer state fresh); a checkpoint in model_dir wins over it (a resume). Its
+        architecture must be model_config's, or the run stops before anything is compiled.
       step_timeout_s: limit for one training step.
       slow_op_timeout_s: limit for compilation, checkpoint restore, save and commit waits,
         and evaluation.
@@ -125,9 +129,17 @@ def train(
                         data,
                         abstract,
                         shardings,
-                        lambda: train_state.init_train_state(
-                            model, optimizer, shape, partitioner, seed, shardings=shardings
+                        lambda: _initial_state(
+                            init_from_hf,
+                            model,
+                            optimizer,
+                            shape,
+                            partitioner,
+                            seed,
+                            abstract,
+                            shardings,
                         ),
+                        init_from_hf,
                     )
                 return loop.run(state)
         except Exception:
@@ -169,11 +181,38 @@ def _record_vocabulary(checkpoint_dir: str, vocabulary, model_config: Transforme
         vocab.save_vocabulary(vocabulary, directory)
 
 
-def _restore_or_init(checkpointer, data, abstract, shardings, init: Callable):
+def _check_hf_architecture(hf_dir: str, model_config: TransformerConfig) -> None:
+    """Raises a ValueError naming both sides of every way hf_dir's model differs from ours."""
+    checkpoint = hf.config_from_hf(hf.read_config(hf_dir))
+    if problems := hf.architecture_mismatches(checkpoint, model_config):
+        raise ValueError(
+            f"INIT_FROM_HF {hf_dir} does not fit the configured model:\n  " + "\n  ".join(problems)
+        )
+
+
+def _initial_state(init_from_hf, model, optimizer, shape, partitioner, seed, abstract, shardings):
+    """Step 0: the weights of init_from_hf with a fresh optimizer state, else a random init."""
+    if not init_from_hf:
+        logging.info("no checkpoint in the model directory: random initialisation (seed %d)", seed)
+        return train_state.init_train_state(
+            model, optimizer, shape, partitioner, seed, shardings=shardings
+        )
+    _check_hf_architecture(init_from_hf, model.config)
+    params, _ = hf.import_checkpoint(init_from_hf, scan_layers=model.config.scan_layers)
+    state = train_state.train_state_from_params(params, abstract, optimizer, partitioner, shardings)
+    logging.info("no checkpoint in the model directory: weights from INIT_FROM_HF %s", init_from_hf)
+    return state
+
+
+def _restore_or_init(checkpointer, data, abstract, shardings, init: Callable, init_from_hf):
     """The newest valid checkpoint's state (moving data to its position), else init()."""
     restored = checkpointer.restore_latest(abstract, shardings)
     if restored is None:
         return init()
+    if init_from_hf:
+        logging.info(
+            "resuming from step %d: INIT_FROM_HF %s is not used", restored.step, init_from_hf
+        )
     data.restore_position(restored.data_position)
     return restored.state
 

@@ -109,3 +109,52 @@ def init_train_state(
 
     with partitioner.activate():
         return jax.jit(init, out_shardings=shardings)(jax.random.key(seed))
+
+
+def train_state_from_params(
+    params,
+    abstract_state: TrainState,
+    optimizer: optax.GradientTransformation,
+    partitioner: Partitioner,
+    shardings,
+) -> TrainState:
+    """A fresh TrainState (step 0, new optimizer state) around given host parameters.
+
+    Args:
+      params: host arrays in the Decoder's tree (e.g. imported from Hugging Face).
+      abstract_state, shardings: state_shardings()'s values, which params must match.
+
+    Raises:
+      ValueError: params differ from the model's parameters in tree, shape or dtype (each
+        difference is named); nothing has been placed or compiled then.
+    """
+    expected = {jax.tree_util.keystr(k): v for k, v in _flat(abstract_state.params)}
+    given = {jax.tree_util.keystr(k): v for k, v in _flat(params)}
+    problems = [f"missing {name}" for name in sorted(expected.keys() - given.keys())]
+    problems += [f"unexpected {name}" for name in sorted(given.keys() - expected.keys())]
+    problems += [
+        f"{name}: given {given[name].shape} {given[name].dtype}, model {x.shape} {x.dtype}"
+        for name, x in expected.items()
+        if name in given and (given[name].shape, given[name].dtype) != (x.shape, x.dtype)
+    ]
+    if problems:
+        raise ValueError("parameters do not fit the model:\n  " + "\n  ".join(problems))
+    # Each process places only its own shards (multi-host safe).
+    placed = jax.tree.map(
+        lambda x, s: jax.make_array_from_callback(x.shape, s, lambda index: x[index]),
+        jax.tree.unflatten(
+            jax.tree.structure(abstract_state.params), [given[name] for name in expected]
+        ),
+        shardings.params,
+    )
+
+    def fresh(p):
+        zero = jnp.zeros((), jnp.int32)
+        return TrainState(zero, p, optimizer.init(p), zero, zero)
+
+    with partitioner.activate():
+        return jax.jit(fresh, out_shardings=shardings, donate_argnums=0)(placed)
+
+
+def _flat(tree):
+    return jax.tree_util.tree_flatten_with_path(tree)[0]

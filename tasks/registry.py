@@ -11,19 +11,30 @@ from collections.abc import Sequence
 
 import gin
 import seqio
+import tensorflow as tf
 
-from codegen2_jax.data import features, vocab
+from codegen2_jax.data import bpe, features, vocab
 from tasks import objectives
 
 
 @gin.configurable(module="tasks")
-def run_vocabulary(path: str | None = None) -> str | None:
+def run_vocabulary(path: str | None = None, init_from_hf: str | None = None) -> str | None:
     """The tokenizer of every corpus registered without its own (gin: VOCABULARY).
 
     A sentencepiece ``.model``, a Hugging Face tokenizer.json or a directory holding one
-    (e.g. a released CodeGen2 checkpoint's); None: the shipped code vocabulary.
+    (e.g. a released CodeGen2 checkpoint's). Unset, a run that starts from a Hugging Face
+    checkpoint (INIT_FROM_HF) takes that checkpoint's tokenizer; any other, the shipped code
+    vocabulary (None).
     """
-    return path
+    if path or not init_from_hf:
+        return path
+    if not tf.io.gfile.exists(f"{init_from_hf.rstrip('/')}/{bpe.TOKENIZER_FILE}"):
+        raise FileNotFoundError(
+            f"INIT_FROM_HF {init_from_hf} has no {bpe.TOKENIZER_FILE}: set VOCABULARY to the "
+            "tokenizer the model was trained with, or write that file with transformers: "
+            f"AutoTokenizer.from_pretrained('{init_from_hf}').save_pretrained('{init_from_hf}')"
+        )
+    return init_from_hf
 
 
 def task_name(corpus: str, version: str, objective: str) -> str:

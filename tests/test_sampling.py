@@ -25,7 +25,9 @@ from codegen2_jax import (
     sampling,
     sampling_benchmark,
     train_state,
+    trained_model,
 )
+from codegen2_jax.data import bpe
 from codegen2_jax.model import Decoder, TransformerConfig
 
 CONFIG = TransformerConfig(
@@ -267,14 +269,14 @@ def test_prefix_lm_greedy_reads_the_prompt_as_a_bidirectional_prefix(params, gre
 
 
 def test_objective_of_a_saved_config_decides_prefix_lm_prompts():
-    assert not sample_cli.trained_as_prefix_lm(SAVED_GIN)
-    assert not sample_cli.trained_as_prefix_lm(SAVED_GIN + "OBJECTIVE = 'codegen2_mix'\n")
-    assert sample_cli.trained_as_prefix_lm(SAVED_GIN + "OBJECTIVE = 'prefix_lm'\n")
+    assert not trained_model.trained_as_prefix_lm(SAVED_GIN)
+    assert not trained_model.trained_as_prefix_lm(SAVED_GIN + "OBJECTIVE = 'codegen2_mix'\n")
+    assert trained_model.trained_as_prefix_lm(SAVED_GIN + "OBJECTIVE = 'prefix_lm'\n")
 
 
 def test_model_config_from_gin_reads_only_the_model_bindings():
     # `tasks` is never imported: its statements are dropped before gin sees them.
-    assert sample_cli.model_config_from_gin(SAVED_GIN) == CONFIG
+    assert trained_model.model_config_from_gin(SAVED_GIN) == CONFIG
 
 
 @pytest.mark.slow
@@ -317,7 +319,7 @@ def _save_character_tokenizer(directory):
 def test_cli_infills_with_an_hf_checkpoint_and_its_tokenizer(params, tmp_path, capsys):
     _save_character_tokenizer(tmp_path)
     hf.export_checkpoint(params, CONFIG, tmp_path)
-    vocab = sample_cli.HFTokenizerVocabulary(str(tmp_path))
+    vocab = bpe.read_local(str(tmp_path))
     assert (vocab.eos_id, vocab.sep_id, vocab.eom_id, vocab.mask_id(1)) == (0, 1, 2, 3)
     assert vocab.decode(vocab.encode("x = 1")) == "x = 1"
     args = ["--hf_dir", str(tmp_path), "--hf_tokenizer", "--max_new_tokens", "4"]

@@ -14,9 +14,21 @@ import numpy as np
 import pytest
 import seqio
 import tensorflow_datasets as tfds
+import torch
+import transformers
 
-from codegen2_jax import gin_config, metrics, plot_curves, sample_cli, train
+from codegen2_jax import (
+    checkpointing,
+    gin_config,
+    hf_cli,
+    metrics,
+    plot_curves,
+    sample_cli,
+    train,
+    trained_model,
+)
 from codegen2_jax.data import bpe, sources, vocab
+from codegen2_jax.model import Decoder
 from tests import training_runs
 from tests.data import tiny_bpe
 
@@ -43,7 +55,8 @@ def test_tiny_run_learns_and_writes_its_records(tmp_path, corpus_dir):
             "train.train.checkpoint_every = 20",
         ],
     )
-    summary = gin_config.configured(train.train)()  # 8 fake devices: a sharded batch
+    # 8 fake devices: a sharded batch; the config recorded as main records it.
+    summary = gin_config.configured(train.train)(config_text=gin.config_str())
     losses = [m["train/loss"] for _, m in sorted(metrics.read_metrics(model_dir).items())]
     losses = [x for x in losses if x == x]  # eval-only lines have no train loss
     assert losses[-1] < losses[0] - 1.0, losses
@@ -52,6 +65,21 @@ def test_tiny_run_learns_and_writes_its_records(tmp_path, corpus_dir):
     assert any(name.startswith("events.out.tfevents") for name in os.listdir(model_dir))
     png = plot_curves.plot(model_dir, str(tmp_path / "curves.png"))
     assert os.path.getsize(png) > 10_000
+
+    # A step exports with its sentencepiece tokenizer, converted for transformers.
+    checkpoints, out = os.path.join(model_dir, "checkpoints"), tmp_path / "exported"
+    with pytest.raises(checkpointing.CheckpointError, match=r"no committed step 7 .* \[20, 40\]"):
+        hf_cli.main(["export", f"--checkpoint_dir={checkpoints}", "--step=7", f"--out_dir={out}"])
+    hf_cli.main(["export", f"--checkpoint_dir={checkpoints}", "--step=20", f"--out_dir={out}"])
+    tokenizer = transformers.AutoTokenizer.from_pretrained(out, local_files_only=True)
+    exported = transformers.CodeGenForCausalLM.from_pretrained(out, local_files_only=True)
+    trained = trained_model.load(checkpoints, step=20)
+    ids = tokenizer("def f(x):\n    return x").input_ids
+    assert ids == [0, *trained.vocabulary.encode("def f(x):\n    return x")]
+    with torch.no_grad():
+        hf_logits = exported(input_ids=torch.tensor([ids])).logits[0].numpy()
+    ours = Decoder(trained.config).apply({"params": trained.params}, np.array([ids]))[0]
+    np.testing.assert_allclose(hf_logits, np.asarray(ours), rtol=1e-4, atol=1e-4)
 
 
 @pytest.fixture

@@ -130,6 +130,11 @@ def read_local(path: str) -> ByteLevelBPE:
     import os
 
     file = os.path.join(path, TOKENIZER_FILE) if os.path.isdir(path) else path
+    if not os.path.isfile(file):
+        raise FileNotFoundError(
+            f"no {file}: transformers writes one for a directory that has the tokenizer in "
+            "another form, AutoTokenizer.from_pretrained(DIR).save_pretrained(DIR)"
+        )
     with open(file, encoding="utf-8") as f:
         return ByteLevelBPE(f.read(), name=file)
 

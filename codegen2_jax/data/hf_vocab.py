@@ -33,6 +33,11 @@ class HFVocabulary(seqio.Vocabulary):
     def __init__(self, path: str):
         self.path = path
         file = tokenizer_file(path)
+        if not tf.io.gfile.exists(file):
+            raise FileNotFoundError(
+                f"no tokenizer at {path}: a vocabulary is a sentencepiece .model, a Hugging "
+                f"Face {bpe.TOKENIZER_FILE} or a directory holding one"
+            )
         with tf.io.gfile.GFile(file) as f:
             self.tokenizer = bpe.ByteLevelBPE(f.read(), name=file)
         super().__init__(extra_ids=0)
