@@ -30,6 +30,7 @@ TensorFlow nor seqio, so it runs on any JAX image.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 from collections.abc import Callable, Sequence
@@ -75,6 +76,7 @@ class InfillVocabulary(Protocol):
     eos_id: int
     sep_id: int
     eom_id: int
+    num_masks: int
 
     def encode(self, text: str) -> Sequence[int]: ...
 
@@ -208,6 +210,7 @@ def _generate(
     stop_tokens: jax.Array,
     max_lengths: jax.Array,
     rng: jax.Array,
+    suppressed_ids: jax.Array | None,
 ) -> SampleOutput:
     """The whole generation, traced once: prefill, then a while_loop of decode steps."""
     params = _cast_params(
@@ -225,7 +228,10 @@ def _generate(
 
     def body(state: _LoopState) -> _LoopState:
         rng, key = jax.random.split(state.rng)
-        token = jnp.where(state.done, pad_id, select(key, state.logits))  # [B]
+        logits = state.logits
+        if suppressed_ids is not None:
+            logits = logits.at[:, suppressed_ids].set(-jnp.inf)
+        token = jnp.where(state.done, pad_id, select(key, logits))  # [B]
         out = _record(state.out, state.step, token, state.done, stop_tokens)
         done = state.done | out.stopped | (out.lengths >= max_lengths)
         logits, cache = _decode_step(model, params, state.cache, token, lengths + state.step)
@@ -276,17 +282,20 @@ def make_generate(
         device.
 
     Returns:
-      generate(params, prompts, lengths, stop_tokens, max_lengths, rng) -> SampleOutput with
-      prompts int [B, P] from left_pad, lengths int [B] their real lengths, stop_tokens
-      int [B, K] each row's stop ids (NO_STOP pads the lists), max_lengths int [B] each row's
-      limit of new tokens (at most max_new_tokens), rng a jax.random key. Prompt width P and
-      batch B are compiled in: left_pad's `multiple` keeps the number of shapes small.
+      generate(params, prompts, lengths, stop_tokens, max_lengths, rng, suppressed_ids=None)
+      -> SampleOutput with prompts int [B, P] from left_pad, lengths int [B] their real
+      lengths, stop_tokens int [B, K] each row's stop ids (NO_STOP pads the lists),
+      max_lengths int [B] each row's limit of new tokens (at most max_new_tokens), rng a
+      jax.random key, and suppressed_ids int [S] ids never generated (their logits set to
+      -inf), or None. Prompt width P, batch B and S are compiled in: left_pad's `multiple`
+      keeps the number of shapes small.
     """
     model = Decoder(dataclasses.replace(config, scan_layers=False))
     select = functools.partial(select_tokens, temperature=temperature, top_k=top_k, top_p=top_p)
     fn = functools.partial(_generate, model, select, max_new_tokens, pad_id, prefix_prompt)
     if partitioner is None:
-        return jax.jit(fn)
+        jitted = jax.jit(fn)
+        return lambda *args, suppressed_ids=None: jitted(*args, suppressed_ids)
     rows = partitioner.sharding(("activation_batch",))
     matrix = partitioner.sharding(("activation_batch", None))
     jitted = jax.jit(
@@ -298,12 +307,13 @@ def make_generate(
             matrix,
             rows,
             None,
+            None,
         ),
     )
 
-    def generate(*args) -> SampleOutput:
+    def generate(*args, suppressed_ids=None) -> SampleOutput:
         with partitioner.activate():  # resolves the model's logical activation constraints
-            return jitted(*args)
+            return jitted(*args, suppressed_ids)
 
     return generate
 
@@ -321,6 +331,16 @@ def generated(out: SampleOutput, row: int, strip_stop: bool = True) -> list[int]
     """Row `row`'s generated ids as a host list, without its stop token when strip_stop."""
     length = int(out.lengths[row]) - int(strip_stop and bool(out.stopped[row]))
     return [int(t) for t in np.asarray(out.tokens[row, :length])]
+
+
+def infill_token_ids(vocab: InfillVocabulary) -> list[int]:
+    """`<sep>`, `<eom>` and every `<mask_N>`: the tokens of the infill format, which
+    left-to-right completion never generates (the CodeGen2 mixture trains them as targets)."""
+    ids = [vocab.mask_id(n) for n in range(1, vocab.num_masks + 1)]
+    for name in ("sep_id", "eom_id"):
+        with contextlib.suppress(ValueError):  # a tokenizer without them (CodeGen 1's)
+            ids.append(getattr(vocab, name))
+    return ids
 
 
 def infill_prompt(segments: Sequence[Sequence[int]], vocab: InfillVocabulary) -> list[int]:
@@ -391,6 +411,7 @@ def complete(
     pad_multiple: int = 64,
 ) -> list[str]:
     """Continues each prompt until <|endoftext|> or max_new_tokens; returns the new text.
+    The infill format's tokens are never generated (infill_token_ids).
 
     start_id: token put before each prompt (module docstring), or None.
     """
@@ -398,5 +419,8 @@ def complete(
     tokens, lengths = left_pad([start + vocab.encode(p) for p in prompts], multiple=pad_multiple)
     stops = stop_token_array([[vocab.eos_id]] * len(prompts))
     limits = np.full(len(prompts), max_new_tokens, np.int32)
-    out = jax.device_get(generate(params, tokens, lengths, stops, limits, rng))
+    suppressed = np.asarray(infill_token_ids(vocab), np.int32)
+    out = jax.device_get(
+        generate(params, tokens, lengths, stops, limits, rng, suppressed_ids=suppressed)
+    )
     return [vocab.decode(generated(out, row)) for row in range(len(prompts))]

@@ -29,14 +29,18 @@ def span_params(
     *,
     min_mask_ratio: float = preprocessors.DEFAULT_MIN_MASK_RATIO,
     max_mask_ratio: float = preprocessors.DEFAULT_MAX_MASK_RATIO,
+    span_lengths: str = preprocessors.DEFAULT_SPAN_LENGTHS,
+    max_span_length: int = preprocessors.DEFAULT_MAX_SPAN_LENGTH,
     mean_span_length: float = preprocessors.DEFAULT_MEAN_SPAN_LENGTH,
     max_spans: int = preprocessors.DEFAULT_MAX_SPANS,
     loss_policy: str = preprocessors.LOSS_ALL,
 ) -> dict:
-    """Span corruption parameters (span_infill and codegen2_mix)."""
+    """Span corruption parameters (span_infill and codegen2_mix); see span_corruption_infill."""
     return dict(
         min_mask_ratio=min_mask_ratio,
         max_mask_ratio=max_mask_ratio,
+        span_lengths=span_lengths,
+        max_span_length=max_span_length,
         mean_span_length=mean_span_length,
         max_spans=max_spans,
         loss_policy=loss_policy,

@@ -147,7 +147,7 @@ def test_stop_tokens_and_limits_apply_per_row(params, greedy):
 class FakeVocabulary:
     """Characters are their code points; specials sit above them."""
 
-    eos_id, sep_id, eom_id = 1000, 1001, 1002
+    eos_id, sep_id, eom_id, num_masks = 1000, 1001, 1002, 2
 
     def encode(self, text):
         return [ord(c) for c in text]
@@ -157,6 +157,33 @@ class FakeVocabulary:
 
     def mask_id(self, n):
         return 2000 - n
+
+
+class SmallVocabulary(FakeVocabulary):
+    """FakeVocabulary's layout inside CONFIG's 128 ids: specials 100..102, masks 127, 126."""
+
+    eos_id, sep_id, eom_id, num_masks = 100, 101, 102, 2
+
+    def mask_id(self, n):
+        return 128 - n
+
+
+@pytest.mark.parametrize("temperature", [0.0, 1.0])
+def test_completion_never_generates_the_infill_tokens(params, temperature):
+    """The CodeGen2 mix trains <mask_N>, <sep> and <eom> as targets; completion masks them."""
+    v = SmallVocabulary()
+    favoured = [v.mask_id(1), v.mask_id(2), v.sep_id, v.eom_id]
+    bias = params["lm_head"]["bias"].at[jnp.array(favoured)].add(50.0)
+    biased = {**params, "lm_head": {**params["lm_head"], "bias": bias}}
+    generate = sampling.make_generate(CONFIG, max_new_tokens=NEW, temperature=temperature)
+    inputs = sampling.left_pad([[5, 6, 7]])
+    free = jax.device_get(generate(biased, *inputs, *_unlimited(1), jax.random.key(0)))
+    assert set(sampling.generated(free, 0)) <= set(favoured)  # the bias wins unmasked
+    texts = sampling.complete(
+        generate, biased, v, ["ab", "c"], rng=jax.random.key(0), max_new_tokens=NEW
+    )
+    assert all(len(t) == NEW for t in texts)
+    assert not {ord(c) for t in texts for c in t} & set(favoured)
 
 
 def test_infill_prompt_layout():
@@ -196,7 +223,7 @@ def test_infill_fills_masks_one_at_a_time_and_returns_the_middles():
 def test_prompts_start_with_the_decoder_start_token_when_asked():
     v, prompts = FakeVocabulary(), []
 
-    def generate(params, tokens, lengths, stops, limits, rng):
+    def generate(params, tokens, lengths, stops, limits, rng, suppressed_ids=None):
         prompts.extend(t[-n:].tolist() for t, n in zip(tokens, lengths, strict=True))
         return sampling.SampleOutput(
             np.full((len(tokens), 1), v.eom_id),

@@ -2,13 +2,14 @@
 
 Batches follow the decoder contract of ObjectiveFeatureConverter (features.py), int32
 [batch_size, length]. The stream is deterministic given the seed and the host shard: seqio
-seeds the shuffle, the preprocessors' random draws and the mixture sampling from `seed`, and
-tf.data runs deterministically. Its position is the tf.data iterator state, saved and
-restored with tf.train.Checkpoint, so a resumed run sees exactly the batches it would have
-seen. That state includes the shuffle buffer and the packer's pending examples (about
-60 MB, 20 MB compressed, at length 2048 with seqio's 1000-example shuffle buffer), and it
-needs a source without Python-side state: no from_generator or py_function, whose first save
-fails with "PyFunc is stateful" (sources.DocumentSource reads files through stateless chunks).
+seeds the shuffle, the preprocessors' random draws and the mixture sampling from `seed` and
+the shard (shard_seed), and tf.data runs deterministically. Its position is the tf.data
+iterator state, saved and restored with tf.train.Checkpoint, so a resumed run sees exactly
+the batches it would have seen. That state includes the shuffle buffer and the packer's
+pending examples (about 60 MB, 20 MB compressed, at length 2048 with seqio's 1000-example
+shuffle buffer), and it needs a source without Python-side state: no from_generator or
+py_function, whose first save fails with "PyFunc is stateful" (sources.DocumentSource reads
+files through stateless chunks).
 """
 
 import io
@@ -46,7 +47,8 @@ def make_dataset(
         objective features (features.output_features).
       feature_lengths: {"targets": length}, the packed sequence length.
       batch_size: examples per batch on this host; a short last batch is dropped.
-      seed: seeds shuffling, preprocessing and mixture sampling.
+      seed: seeds shuffling, preprocessing and mixture sampling, with the shard index folded
+        in (shard_seed).
       shard_index: this host's shard, in [0, num_shards).
       num_shards: number of hosts reading disjoint shards.
       split: the dataset split.
@@ -66,13 +68,20 @@ def make_dataset(
         shuffle=shuffle,
         num_epochs=num_epochs,
         shard_info=seqio.ShardInfo(index=shard_index, num_shards=num_shards),
-        seed=seed,
+        seed=shard_seed(seed, shard_index),
         batch_size=batch_size,
         use_cached=use_cached,
     )
     options = tf.data.Options()
     options.deterministic = True
     return dataset.with_options(options).prefetch(tf.data.AUTOTUNE)
+
+
+def shard_seed(seed: int, shard_index: int) -> int:
+    """The seqio seed of one data shard: distinct per shard, so example i of every shard (of
+    every host) draws its own objective and mask ratio; a function of (seed, shard) alone, so
+    runs over different process counts with the same shards stay equal."""
+    return int(np.random.SeedSequence([seed, shard_index]).generate_state(1)[0] >> 1)
 
 
 def task_vocabulary(mixture_or_task_name: str) -> seqio.Vocabulary:

@@ -5,7 +5,9 @@ splits documents longer than the sequence length allows (chunk_documents), and e
 three features of features.py (targets, loss_weights, prefix_mask), so that all objectives
 share one packed stream. Formats (ARCHITECTURE.md, section 2):
 
-- causal_lm: `doc <|endoftext|>`, every token scored.
+- causal_lm: `doc <|endoftext|>`, every token scored; a document cut into several pieces
+  ends with `<|endoftext|>` only in its last one (the infill format's `<|endoftext|>`
+  before `<sep>` belongs to the format and is in every piece).
 - prefix_lm: the same tokens; a prefix of the document, split point drawn uniformly,
   attends bidirectionally and is not scored.
 - span_corruption_infill: `pre <mask_1> mid <mask_2> post <|endoftext|> <sep>
@@ -18,13 +20,16 @@ Special ids come from `output_features["targets"].vocabulary` (eos_id, sep_id, e
 num_masks, mask_id(n)). Random draws use seeds from seqio.map_over_dataset, so a
 task is deterministic given its seed.
 
-Defaults: the CodeGen2 paper does not publish its mask ratio range, span length or span
-count, so the span defaults below are this project's choices: a mask ratio drawn uniformly
-from [0.05, 0.5) per example, mean span length 16 tokens (about one line of code), at
-most 32 spans per example. The 0.5 causal rate is the paper's mixture.
+Defaults: the CodeGen2 paper samples span lengths uniformly (spans.UNIFORM, the default
+law) but does not publish their range, the mask ratio range or the span count, so those
+defaults are this project's choices: a mask ratio drawn uniformly from [0.05, 0.5) per
+example, span lengths uniform in [1, 31] (mean 16 tokens, about one line of code), at most
+32 spans per example. The "composition" law (t5's) takes a mean span length instead. The
+0.5 causal rate is the paper's mixture.
 """
 
 from collections.abc import Mapping
+from typing import NamedTuple
 
 import seqio
 import tensorflow as tf
@@ -36,9 +41,13 @@ LOSS_INFILL_ONLY = "infill_only"
 
 DEFAULT_MIN_MASK_RATIO = 0.05
 DEFAULT_MAX_MASK_RATIO = 0.5
+DEFAULT_SPAN_LENGTHS = spans.UNIFORM
+DEFAULT_MAX_SPAN_LENGTH = 31
 DEFAULT_MEAN_SPAN_LENGTH = 16.0
 DEFAULT_MAX_SPANS = 32
 DEFAULT_CAUSAL_RATE = 0.5
+
+LAST_PIECE = "last_piece"  # chunk_documents: whether a piece ends its document
 
 _AUTOTUNE = tf.data.AUTOTUNE
 
@@ -47,8 +56,9 @@ def chunk_documents(dataset: tf.data.Dataset, *, max_tokens: int) -> tf.data.Dat
     """Splits every document into consecutive pieces of at most `max_tokens` tokens.
 
     No token is dropped: a document of n tokens becomes ceil(n / max_tokens) examples, the
-    last one possibly shorter. An empty document has no tokens and yields no example. Only
-    "targets" is kept.
+    last one possibly shorter. An empty document has no tokens and yields no example. Each
+    piece keeps "targets" and whether it ends its document (LAST_PIECE): only a document's
+    last piece ends with `<|endoftext|>` in the causal formats.
 
     Args:
       dataset: examples with int32 "targets" [n].
@@ -60,12 +70,16 @@ def chunk_documents(dataset: tf.data.Dataset, *, max_tokens: int) -> tf.data.Dat
         num_tokens = tf.size(tokens)
         starts = tf.range(0, num_tokens, max_tokens)
         piece_lengths = tf.minimum(max_tokens, num_tokens - starts)
-        return tf.RaggedTensor.from_row_lengths(tokens, piece_lengths)
+        pieces = tf.RaggedTensor.from_row_lengths(tokens, piece_lengths)
+        return {features.TARGETS: pieces, LAST_PIECE: starts + max_tokens >= num_tokens}
 
     pieces = dataset.map(split, num_parallel_calls=_AUTOTUNE).unbatch()
     # unbatch yields rank-1 ragged values; make them plain tensors again.
     return pieces.map(
-        lambda piece: {features.TARGETS: tf.ensure_shape(piece, [None])},
+        lambda piece: {
+            features.TARGETS: tf.ensure_shape(piece[features.TARGETS], [None]),
+            LAST_PIECE: piece[LAST_PIECE],
+        },
         num_parallel_calls=_AUTOTUNE,
     )
 
@@ -75,11 +89,13 @@ def causal_lm(
     sequence_length: Mapping[str, int],
     output_features: Mapping[str, seqio.Feature],
 ) -> tf.data.Dataset:
-    """`doc <|endoftext|>`, loss on every token; documents chunked to fit."""
+    """`doc <|endoftext|>`, loss on every token; documents chunked to fit, and only a
+    document's last piece ends with `<|endoftext|>`."""
     eos_id = _vocabulary(output_features).eos_id
     dataset = chunk_documents(dataset, max_tokens=_targets_length(sequence_length) - 1)
     return dataset.map(
-        lambda ex: _causal_example(ex[features.TARGETS], eos_id), num_parallel_calls=_AUTOTUNE
+        lambda ex: _causal_example(ex[features.TARGETS], ex[LAST_PIECE], eos_id),
+        num_parallel_calls=_AUTOTUNE,
     )
 
 
@@ -92,7 +108,8 @@ def prefix_lm(
 
     The prefix length is drawn uniformly from [1, n - 1] for a document of n >= 2 tokens
     (both parts non-empty); a one-token document is all prefix and only
-    `<|endoftext|>` is scored.
+    `<|endoftext|>` is scored. As in causal_lm, only a document's last piece ends with
+    `<|endoftext|>`.
     """
     eos_id = _vocabulary(output_features).eos_id
 
@@ -103,7 +120,7 @@ def prefix_lm(
         prefix_length = tf.random.stateless_uniform(
             [], seed, minval=1, maxval=most + 1, dtype=tf.int32
         )
-        return _prefix_example(tokens, prefix_length, eos_id)
+        return _prefix_example(tokens, example[LAST_PIECE], prefix_length, eos_id)
 
     dataset = chunk_documents(dataset, max_tokens=_targets_length(sequence_length) - 1)
     return split(dataset)
@@ -116,6 +133,8 @@ def span_corruption_infill(
     *,
     min_mask_ratio: float = DEFAULT_MIN_MASK_RATIO,
     max_mask_ratio: float = DEFAULT_MAX_MASK_RATIO,
+    span_lengths: str = DEFAULT_SPAN_LENGTHS,
+    max_span_length: int = DEFAULT_MAX_SPAN_LENGTH,
     mean_span_length: float = DEFAULT_MEAN_SPAN_LENGTH,
     max_spans: int = DEFAULT_MAX_SPANS,
     loss_policy: str = LOSS_ALL,
@@ -129,9 +148,14 @@ def span_corruption_infill(
       min_mask_ratio: lower end of the per-example masked fraction, drawn uniformly
         (default 0.05).
       max_mask_ratio: upper end, exclusive (default 0.5).
-      mean_span_length: the span count is round(masked tokens / this) (default 16.0).
+      span_lengths: the law of span lengths, "uniform" (default) or "composition"
+        (codegen2_jax.data.spans).
+      max_span_length: "uniform": lengths are uniform in [1, this] (default 31).
+      mean_span_length: "composition": the span count is round(masked tokens / this)
+        (default 16.0).
       max_spans: most spans per example (default 32), also bounded by the vocabulary's
-        number of mask tokens. Past the cap, spans get longer instead of more numerous.
+        number of mask tokens. Past the cap, "uniform" masks less than the drawn ratio and
+        "composition" makes its spans longer.
       loss_policy: "all" scores every token; "infill_only" scores only the tokens after
         `<sep>` (default "all").
     """
@@ -139,7 +163,7 @@ def span_corruption_infill(
     objective = _InfillObjective(
         vocabulary,
         mask_ratio_range=(min_mask_ratio, max_mask_ratio),
-        mean_span_length=mean_span_length,
+        span_law=_SpanLaw(span_lengths, max_span_length, mean_span_length),
         max_spans=min(max_spans, vocabulary.num_masks),
         loss_policy=loss_policy,
     )
@@ -177,7 +201,7 @@ def fim(
     objective = _InfillObjective(
         _vocabulary(output_features),
         mask_ratio_range=(min_mask_ratio, max_mask_ratio),
-        mean_span_length=1.0,
+        span_law=_SpanLaw(spans.COMPOSITION, 0, 1.0),  # one span: the whole masked share
         max_spans=1,
         loss_policy=loss_policy,
     )
@@ -192,6 +216,8 @@ def codegen2_mixture(
     causal_rate: float = DEFAULT_CAUSAL_RATE,
     min_mask_ratio: float = DEFAULT_MIN_MASK_RATIO,
     max_mask_ratio: float = DEFAULT_MAX_MASK_RATIO,
+    span_lengths: str = DEFAULT_SPAN_LENGTHS,
+    max_span_length: int = DEFAULT_MAX_SPAN_LENGTH,
     mean_span_length: float = DEFAULT_MEAN_SPAN_LENGTH,
     max_spans: int = DEFAULT_MAX_SPANS,
     loss_policy: str = LOSS_ALL,
@@ -205,7 +231,7 @@ def codegen2_mixture(
     objective = _InfillObjective(
         vocabulary,
         mask_ratio_range=(min_mask_ratio, max_mask_ratio),
-        mean_span_length=mean_span_length,
+        span_law=_SpanLaw(span_lengths, max_span_length, mean_span_length),
         max_spans=min(max_spans, vocabulary.num_masks),
         loss_policy=loss_policy,
     )
@@ -217,24 +243,60 @@ def codegen2_mixture(
         is_causal = tf.random.stateless_uniform([], seeds[0]) < causal_rate
         return tf.cond(
             is_causal,
-            lambda: _causal_example(tokens, vocabulary.eos_id),
+            lambda: _causal_example(tokens, example[LAST_PIECE], vocabulary.eos_id),
             lambda: objective(tokens, seeds[1:]),
         )
 
     return mix(dataset)
 
 
+class _SpanLaw(NamedTuple):
+    """How span lengths are drawn (codegen2_jax.data.spans)."""
+
+    name: str  # spans.UNIFORM or spans.COMPOSITION
+    max_span_length: int  # UNIFORM's longest span
+    mean_span_length: float  # COMPOSITION's mean span
+
+    def check(self) -> None:
+        if self.name not in spans.SPAN_LAWS:
+            raise ValueError(f"span_lengths must be one of {spans.SPAN_LAWS}, got {self.name!r}")
+        if self.name == spans.UNIFORM and self.max_span_length < 1:
+            raise ValueError(f"max_span_length must be at least 1, got {self.max_span_length}")
+
+    def worst_case_mean(self) -> float:
+        """The mean span length that bounds the span count (spans.max_document_length)."""
+        return 1.0 if self.name == spans.UNIFORM else self.mean_span_length
+
+    def mask(self, length, mask_ratio, seeds, max_spans):
+        if self.name == spans.UNIFORM:
+            return spans.uniform_spans_mask(
+                length,
+                mask_ratio,
+                seeds,
+                max_span_length=self.max_span_length,
+                max_spans=max_spans,
+            )
+        return spans.random_spans_mask(
+            length,
+            mask_ratio,
+            seeds,
+            mean_span_length=self.mean_span_length,
+            max_spans=max_spans,
+        )
+
+
 class _InfillObjective:
     """Draws a mask ratio and spans for a document and renders the infill format."""
 
-    def __init__(self, vocabulary, *, mask_ratio_range, mean_span_length, max_spans, loss_policy):
+    def __init__(self, vocabulary, *, mask_ratio_range, span_law, max_spans, loss_policy):
         if loss_policy not in (LOSS_ALL, LOSS_INFILL_ONLY):
             raise ValueError(f"loss_policy must be {LOSS_ALL!r} or {LOSS_INFILL_ONLY!r}")
         if not 0.0 <= mask_ratio_range[0] <= mask_ratio_range[1] <= 1.0:
             raise ValueError(f"mask ratio range {mask_ratio_range} is not inside [0, 1]")
+        span_law.check()
         self._vocabulary = vocabulary
         self._mask_ratio_range = mask_ratio_range
-        self._mean_span_length = float(mean_span_length)
+        self._span_law = span_law
         self._max_spans = max_spans
         self._loss_policy = loss_policy
 
@@ -243,7 +305,7 @@ class _InfillObjective:
         return spans.max_document_length(
             _targets_length(sequence_length),
             max_mask_ratio=self._mask_ratio_range[1],
-            mean_span_length=self._mean_span_length,
+            mean_span_length=self._span_law.worst_case_mean(),
             max_spans=self._max_spans,
         )
 
@@ -251,13 +313,7 @@ class _InfillObjective:
         """Infill example for `tokens` [n >= 1]; `seeds` holds three stateless seeds."""
         low, high = self._mask_ratio_range
         mask_ratio = tf.random.stateless_uniform([], seeds[0], minval=low, maxval=high)
-        mask = spans.random_spans_mask(
-            tf.size(tokens),
-            mask_ratio,
-            seeds[1:3],
-            mean_span_length=self._mean_span_length,
-            max_spans=self._max_spans,
-        )
+        mask = self._span_law.mask(tf.size(tokens), mask_ratio, seeds[1:3], self._max_spans)
         return render_infill(tokens, mask, self._vocabulary, loss_policy=self._loss_policy)
 
 
@@ -296,13 +352,18 @@ def _interleave(values, keeps):
     return tf.boolean_mask(tf.stack(values, axis=1), tf.stack(keeps, axis=1))
 
 
-def _causal_example(tokens, eos_id):
-    targets = tf.concat([tokens, [eos_id]], axis=0)
+def _with_end_of_text(tokens, last_piece, eos_id):
+    """tokens, then `<|endoftext|>` if they end their document."""
+    return tf.concat([tokens, tf.fill([tf.cast(last_piece, tf.int32)], eos_id)], axis=0)
+
+
+def _causal_example(tokens, last_piece, eos_id):
+    targets = _with_end_of_text(tokens, last_piece, eos_id)
     return _example(targets, tf.ones_like(targets), tf.zeros_like(targets))
 
 
-def _prefix_example(tokens, prefix_length, eos_id):
-    targets = tf.concat([tokens, [eos_id]], axis=0)
+def _prefix_example(tokens, last_piece, prefix_length, eos_id):
+    targets = _with_end_of_text(tokens, last_piece, eos_id)
     prefix_mask = tf.cast(tf.range(tf.size(targets)) < prefix_length, tf.int32)
     return _example(targets, 1 - prefix_mask, prefix_mask)
 

@@ -1,9 +1,15 @@
 """Random masked spans inside one document: the noise masks behind span corruption and FIM.
 
-The sampler follows t5.data.preprocessors.random_spans_noise_mask in how it counts (the
-number of masked tokens is round(length * ratio), the number of spans is
-round(masked / mean_span_length), and the span lengths are a uniformly random composition
-of the masked tokens), with two differences that the infill format needs:
+Two laws for the span lengths, both masking about round(length * ratio) tokens:
+
+- "uniform" (uniform_spans_mask, the CodeGen2 paper's): every span's length is drawn
+  uniformly from [1, max_span_length], independently, and the ratio decides how many spans
+  there are;
+- "composition" (random_spans_mask, t5's): the number of spans is round(masked /
+  mean_span_length) and their lengths are a uniformly random composition of the masked
+  tokens, as t5.data.preprocessors.random_spans_noise_mask draws them.
+
+Both place the spans as t5 does, with two differences that the infill format needs:
 
 - the text before the first span and after the last span may be empty, so a span can
   touch either end of the document (t5's mask always ends on a span unless rolled, and a
@@ -61,6 +67,11 @@ def count_spans(length, mask_ratio, *, mean_span_length, max_spans):
     return num_masked, tf.clip_by_value(num_spans, 1, most)
 
 
+UNIFORM = "uniform"
+COMPOSITION = "composition"
+SPAN_LAWS = (UNIFORM, COMPOSITION)
+
+
 def random_spans_mask(length, mask_ratio, seeds, *, mean_span_length, max_spans):
     """Boolean mask of random non-overlapping spans covering about `mask_ratio` of a document.
 
@@ -78,9 +89,47 @@ def random_spans_mask(length, mask_ratio, seeds, *, mean_span_length, max_spans)
         length, mask_ratio, mean_span_length=mean_span_length, max_spans=max_spans
     )
     span_lengths = random_segmentation(num_masked, num_spans, seeds[0])
+    return _place_spans(length, span_lengths, seeds[1])
+
+
+def uniform_spans_mask(length, mask_ratio, seeds, *, max_span_length, max_spans):
+    """Boolean mask of spans whose lengths are uniform in [1, max_span_length].
+
+    Lengths are drawn independently, and spans are taken in order while the masked total
+    stays within round(length * mask_ratio) (clipped as count_spans clips it), at most
+    max_spans of them, each after the first with a kept token before it. A document too
+    short for its first drawn span gets one span of its whole share instead.
+
+    Args:
+      length: int32 scalar >= 1.
+      mask_ratio: float32 scalar in [0, 1].
+      seeds: two stateless seeds, shape [2, 2] (span lengths, gap lengths).
+      max_span_length: the longest span, in tokens.
+      max_spans: upper bound on the number of spans.
+
+    Returns:
+      bool [length]; True on masked tokens. Spans are maximal runs of True.
+    """
+    length = tf.cast(length, tf.int32)
+    share, _ = count_spans(length, mask_ratio, mean_span_length=1.0, max_spans=max_spans)
+    drawn = tf.random.stateless_uniform(
+        [max_spans], seeds[0], minval=1, maxval=max_span_length + 1, dtype=tf.int32
+    )
+    masked_after = tf.cumsum(drawn)  # masked tokens once spans 1..k are taken
+    # The k-th span needs k - 1 kept tokens between the spans; both sums only grow with k.
+    fits = (masked_after <= share) & (masked_after + tf.range(max_spans) <= length)
+    num_spans = tf.maximum(tf.reduce_sum(tf.cast(fits, tf.int32)), 1)
+    span_lengths = tf.concat([[tf.minimum(drawn[0], share)], drawn[1:num_spans]], axis=0)
+    return _place_spans(length, span_lengths, seeds[1])
+
+
+def _place_spans(length, span_lengths, seed):
+    """Mask of the spans in order, separated by random gaps (inner ones non-empty)."""
+    num_spans = tf.size(span_lengths)
     # Outer gaps may be empty, inner gaps may not: split two more tokens than there are
     # into non-empty parts, then give one back at each end.
-    gap_lengths = random_segmentation(length - num_masked + 2, num_spans + 1, seeds[1])
+    kept = length - tf.reduce_sum(span_lengths)
+    gap_lengths = random_segmentation(kept + 2, num_spans + 1, seed)
     gap_lengths -= tf.one_hot(0, num_spans + 1, dtype=tf.int32)
     gap_lengths -= tf.one_hot(num_spans, num_spans + 1, dtype=tf.int32)
     return _interleave_to_mask(length, gap_lengths, span_lengths)

@@ -9,6 +9,7 @@ import tensorflow as tf
 
 from codegen2_jax.data import benchmark, pipeline, preprocessors
 from tests.data import fake_vocab
+from tests.data.fake_vocab import SEP
 
 TASK = "test_pipeline_codegen2_mixture"
 LENGTH = 32
@@ -81,6 +82,47 @@ def test_deterministic_given_seed_and_shard():
     shard_0 = next(_iterator(num_shards=2))["decoder_target_tokens"]
     shard_1 = next(_iterator(shard_index=1, num_shards=2))["decoder_target_tokens"]
     assert not np.array_equal(shard_0, shard_1)
+
+
+def test_each_shard_draws_its_own_objectives_deterministically_and_resumably():
+    """Shards of identical documents: the same seed must not make the same draws on each."""
+    name = "test_pipeline_identical_documents"
+    seqio.TaskRegistry.add(
+        name,
+        source=seqio.FunctionDataSource(
+            lambda split, shuffle_files, seed=None: tf.data.Dataset.from_tensors(
+                {"targets": tf.range(10, 40, dtype=tf.int32)}
+            ).repeat(64),
+            splits=["train"],
+        ),
+        preprocessors=[preprocessors.codegen2_mixture],
+        output_features=fake_vocab.output_features(),
+    )
+    try:
+
+        def shard(index, position=None):
+            iterator = pipeline.make_iterator(
+                name,
+                feature_lengths={"targets": LENGTH},
+                batch_size=BATCH,
+                seed=7,
+                shard_index=index,
+                num_shards=2,
+                shuffle=False,
+            )
+            if position is not None:
+                iterator.restore_position(position)
+            return iterator
+
+        first, second = _take(shard(0), 4), _take(shard(1), 4)
+        causal = [[SEP not in row for row in b["decoder_target_tokens"]] for b in first + second]
+        assert causal[:4] != causal[4:]  # their own causal-or-infill choices
+        _assert_same(second, _take(shard(1), 4))
+        resumed = shard(1)
+        _take(resumed, 2)
+        _assert_same(second[2:], _take(shard(1, resumed.save_position()), 2))
+    finally:
+        seqio.TaskRegistry.remove(name)
 
 
 def test_save_restore_resumes_exactly():

@@ -16,7 +16,13 @@ from tests.data.fake_vocab import EOM, EOS, SEP, mask
 OUTPUT_FEATURES = fake_vocab.output_features()
 DOCS = [list(range(10, 22)), list(range(30, 37)), [40]]
 MASKS = {mask(n) for n in range(1, fake_vocab.NUM_MASKS + 1)}
-SMALL_SPANS = dict(min_mask_ratio=0.2, max_mask_ratio=0.4, mean_span_length=2.0, max_spans=4)
+SMALL_SPANS = dict(
+    min_mask_ratio=0.2,
+    max_mask_ratio=0.4,
+    span_lengths="composition",
+    mean_span_length=2.0,
+    max_spans=4,
+)
 
 
 def _dataset(docs):
@@ -44,10 +50,10 @@ def test_chunk_documents_splits_without_loss():
     test_utils.assert_dataset(
         chunked,
         [
-            {"targets": [10, 11, 12, 13]},
-            {"targets": [14, 15, 16, 17]},
-            {"targets": [18, 19]},
-            {"targets": [20, 21, 22, 23]},
+            {"targets": [10, 11, 12, 13], "last_piece": False},
+            {"targets": [14, 15, 16, 17], "last_piece": False},
+            {"targets": [18, 19], "last_piece": True},
+            {"targets": [20, 21, 22, 23], "last_piece": True},
         ],
     )
 
@@ -57,10 +63,34 @@ def test_causal_lm():
         _run(preprocessors.causal_lm, [[10, 11, 12], list(range(20, 30))], length=8),
         [
             _example([10, 11, 12, EOS]),
-            _example([20, 21, 22, 23, 24, 25, 26, EOS]),
+            # A document cut in two: only its last piece ends the text.
+            _example([20, 21, 22, 23, 24, 25, 26]),
             _example([27, 28, 29, EOS]),
         ],
     )
+
+
+@pytest.mark.parametrize(
+    "objective",
+    [
+        preprocessors.causal_lm,
+        preprocessors.prefix_lm,
+        functools.partial(preprocessors.codegen2_mixture, causal_rate=1.0),
+    ],
+    ids=["causal_lm", "prefix_lm", "codegen2_mixture"],
+)
+def test_a_long_document_ends_with_eos_only_in_its_last_piece(objective):
+    docs = [list(range(10, 160)), list(range(200, 264)), [300]]  # 150, 64 and 1 tokens
+    examples = [
+        ex["targets"].tolist() for ex in _run(objective, docs, length=64).as_numpy_iterator()
+    ]
+    assert len(examples) > len(docs)  # the long documents were cut
+    last_tokens = {doc[-1] for doc in docs}
+    for targets in examples:
+        assert targets.count(EOS) == (targets[-1] == EOS)
+        assert (targets[-1] == EOS) == bool(last_tokens & set(targets))
+    tokens = [t for targets in examples for t in targets if t != EOS]
+    assert tokens == sum(docs, [])  # nothing dropped or repeated
 
 
 def test_prefix_lm():
@@ -149,6 +179,10 @@ def test_bad_parameters_are_refused():
         _run(functools.partial(preprocessors.fim, max_mask_ratio=1.5), DOCS, 24)
     with pytest.raises(ValueError, match="sequence_length"):
         preprocessors.causal_lm(_dataset(DOCS), None, OUTPUT_FEATURES)
+    with pytest.raises(ValueError, match="span_lengths must be one of"):
+        _run(functools.partial(preprocessors.codegen2_mixture, span_lengths="poisson"), DOCS, 24)
+    with pytest.raises(ValueError, match="max_span_length must be at least 1"):
+        _run(functools.partial(preprocessors.span_corruption_infill, max_span_length=0), DOCS, 24)
 
 
 def _reassemble(targets):
@@ -178,12 +212,18 @@ def _random_docs(count, seed, longest):
     return [rng.integers(10, 90, size=rng.integers(0, longest)).tolist() for _ in range(count)]
 
 
+@pytest.mark.parametrize("law", ["composition", "uniform"])
 @pytest.mark.parametrize("length,max_spans", [(24, 4), (64, 10)])
-def test_infill_properties_over_many_seeds(length, max_spans):
-    params = dict(min_mask_ratio=0.1, max_mask_ratio=0.6, mean_span_length=3.0)
+def test_infill_properties_over_many_seeds(length, max_spans, law):
+    params = dict(min_mask_ratio=0.1, max_mask_ratio=0.6)
     docs = _random_docs(150, seed=length, longest=3 * length)
     preprocessor = functools.partial(
-        preprocessors.span_corruption_infill, max_spans=max_spans, **params
+        preprocessors.span_corruption_infill,
+        max_spans=max_spans,
+        span_lengths=law,
+        mean_span_length=3.0,
+        max_span_length=5,
+        **params,
     )
     examples = list(_run(preprocessor, docs, length, seed=11).as_numpy_iterator())
     rebuilt = []
@@ -197,15 +237,19 @@ def test_infill_properties_over_many_seeds(length, max_spans):
         # Spans are non-empty, separated by kept tokens (else they would be one span).
         assert all(spans) and 1 <= len(spans) <= max_spans
         assert not any(a in MASKS and b in MASKS for a, b in zip(body, body[1:], strict=False))
-        # The masked fraction lies in the drawn range, up to rounding and the 1-token floor.
+        # The masked fraction lies in the drawn range, up to rounding and the 1-token floor;
+        # uniform spans stop short of it by less than one span, or at the span cap.
         if n >= 2:
-            assert (
-                params["min_mask_ratio"] * n - 0.5 <= masked <= params["max_mask_ratio"] * n + 0.5
-            )
+            assert masked <= params["max_mask_ratio"] * n + 0.5
+            if law == "composition":
+                assert params["min_mask_ratio"] * n - 0.5 <= masked
+            else:
+                assert all(len(span) <= 5 for span in spans)
         assert (example["loss_weights"] == 1).all() and (example["prefix_mask"] == 0).all()
     # Every example is one piece of one document; in order, the pieces are the corpus.
+    worst_case_mean = 3.0 if law == "composition" else 1.0  # uniform: up to max_spans spans
     piece = max_document_length(
-        length, max_mask_ratio=0.6, mean_span_length=3.0, max_spans=max_spans
+        length, max_mask_ratio=0.6, mean_span_length=worst_case_mean, max_spans=max_spans
     )
     assert rebuilt == [doc[i : i + piece] for doc in docs for i in range(0, len(doc), piece)]
 

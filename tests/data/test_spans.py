@@ -1,5 +1,7 @@
 """Span masks: golden values, properties over many seeds, statistics against t5's sampler."""
 
+from math import comb
+
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -117,3 +119,56 @@ def test_max_document_length_leaves_room_for_every_span():
         assert longest + spans.infill_overhead(int(num_spans)) <= sequence_length
     with pytest.raises(ValueError):
         spans.max_document_length(5, max_mask_ratio=0.5, mean_span_length=4.0, max_spans=4)
+
+
+def _histogram(lengths, support):
+    counts = np.bincount(lengths, minlength=support + 1)[1 : support + 1]
+    assert counts.sum() == len(lengths), "a span is longer than the law allows"
+    return counts / counts.sum()
+
+
+def test_uniform_span_lengths_follow_the_uniform_law():
+    """CodeGen2's law: every span's length uniform in [1, max_span_length], independently."""
+    lengths = []
+    for seed in range(60):
+        mask = spans.uniform_spans_mask(
+            tf.constant(2000),
+            tf.constant(0.5),
+            tf.constant([[seed, 1], [seed, 2]]),
+            max_span_length=10,
+            max_spans=1000,
+        ).numpy()
+        runs = _span_lengths(mask)
+        # The ratio decides the count: about 1000 masked tokens in spans of mean 5.5.
+        assert 1000 - 10 < mask.sum() <= 1000 and abs(len(runs) - 1000 / 5.5) < 60
+        lengths += runs
+    histogram = _histogram(np.array(lengths), 10)
+    assert 0.5 * np.abs(histogram - 0.1).sum() < 0.03  # total variation from uniform
+
+
+def test_composition_span_lengths_follow_the_composition_law():
+    """t5's law: k spans of m masked tokens, every composition of m into k parts alike, so
+    P(length = n) = C(m - n - 1, k - 2) / C(m - 1, k - 1)."""
+    lengths = np.concatenate(
+        [_span_lengths(_mask(200, 0.3, seed, mean_span_length=6.0)) for seed in range(300)]
+    )
+    m, k = 60, 10  # round(200 * 0.3) masked tokens in round(60 / 6) spans
+    law = np.array([comb(m - n - 1, k - 2) / comb(m - 1, k - 1) for n in range(1, m - k + 2)])
+    histogram = _histogram(lengths, m - k + 1)
+    assert abs(law.sum() - 1) < 1e-12
+    assert 0.5 * np.abs(histogram - law).sum() < 0.05
+
+
+def test_uniform_spans_fit_short_documents():
+    for seed in range(200):
+        length = 1 + seed % 12
+        mask = spans.uniform_spans_mask(
+            tf.constant(length),
+            tf.constant(0.5),
+            tf.constant([[seed, 3], [seed, 4]]),
+            max_span_length=31,
+            max_spans=4,
+        ).numpy()
+        runs = _runs(mask)
+        assert len(mask) == length and 1 <= len(runs) <= 4
+        assert 1 <= mask.sum() <= max(length - 1, 1)
