@@ -29,7 +29,11 @@ setuptools.setup(
     python_requires=">=3.10",
     packages=setuptools.find_packages(include=["codegen2_jax", "codegen2_jax.*", "tasks"]),
     include_package_data=True,
-    package_data={"codegen2_jax.data": ["assets/*.model"]},
+    package_data={
+        "codegen2_jax.data": ["assets/*.model"],
+        # HumanEval-Infilling's four benchmark files, with their MIT LICENSE.
+        "codegen2_jax.evaluation": ["assets/human_eval_infilling/*"],
+    },
     install_requires=[
         "absl-py",
         "apache-beam[tfrecord]",  # seqio's offline cache (codegen2_jax.data.cache)

@@ -264,6 +264,7 @@ def run(
         "seeds": seeds,
         "train_steps": ", ".join(map(str, sorted(steps))),
         "extra": dict(extra),
+        "infill_truncation": scale.evaluation.truncation,
         "caveats": [text for concerned, text in scale.caveats if set(concerned) & set(lessons)],
     }
     document = lessons_report.results(

