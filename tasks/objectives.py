@@ -13,15 +13,9 @@ task. Defaults are the library's, documented in codegen2_jax.data.preprocessors.
 | codegen2_mix | codegen2_mixture | mixture_params, span_params |
 """
 
-import inspect
-
 import gin
 
 from codegen2_jax.data import preprocessors
-
-
-def _default(function, name):
-    return inspect.signature(function).parameters[name].default
 
 
 @gin.configurable(module="tasks")
@@ -50,14 +44,11 @@ def span_params(
 @gin.configurable(module="tasks")
 def fim_params(
     *,
-    min_mask_ratio: float = _default(preprocessors.fim, "min_mask_ratio"),
-    max_mask_ratio: float = _default(preprocessors.fim, "max_mask_ratio"),
+    fim_rate: float = preprocessors.DEFAULT_FIM_RATE,
     loss_policy: str = preprocessors.LOSS_ALL,
 ) -> dict:
-    """Fill-in-the-middle parameters: the middle's share of the document."""
-    return dict(
-        min_mask_ratio=min_mask_ratio, max_mask_ratio=max_mask_ratio, loss_policy=loss_policy
-    )
+    """Fill-in-the-middle parameters: the share of FIM examples (the rest causal LM)."""
+    return dict(fim_rate=fim_rate, loss_policy=loss_policy)
 
 
 @gin.configurable(module="tasks")
@@ -84,7 +75,7 @@ def span_infill(dataset, sequence_length, output_features):
 
 
 def fim(dataset, sequence_length, output_features):
-    """Single-span fill-in-the-middle, parameters from fim_params."""
+    """Fill-in-the-middle mixed with causal LM per example, parameters from fim_params."""
     return preprocessors.fim(dataset, sequence_length, output_features, **fim_params())
 
 

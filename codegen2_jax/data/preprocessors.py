@@ -12,7 +12,8 @@ share one packed stream. Formats (ARCHITECTURE.md, section 2):
   attends bidirectionally and is not scored.
 - span_corruption_infill: `pre <mask_1> mid <mask_2> post <|endoftext|> <sep>
   <mask_1> span_1 <eom> <mask_2> span_2 <eom>`, spans drawn by spans.random_spans_mask.
-- fim: the same format with exactly one span.
+- fim: the same format with exactly one span between two uniform cut points, per example
+  with probability `fim_rate`, else causal_lm.
 - codegen2_mixture: per example, causal_lm with probability `causal_rate`, else
   span_corruption_infill.
 
@@ -46,6 +47,7 @@ DEFAULT_MAX_SPAN_LENGTH = 31
 DEFAULT_MEAN_SPAN_LENGTH = 16.0
 DEFAULT_MAX_SPANS = 32
 DEFAULT_CAUSAL_RATE = 0.5
+DEFAULT_FIM_RATE = 0.5
 
 LAST_PIECE = "last_piece"  # chunk_documents: whether a piece ends its document
 
@@ -186,26 +188,33 @@ def fim(
     sequence_length: Mapping[str, int],
     output_features: Mapping[str, seqio.Feature],
     *,
-    min_mask_ratio: float = 0.0,
-    max_mask_ratio: float = 1.0,
+    fim_rate: float = DEFAULT_FIM_RATE,
     loss_policy: str = LOSS_ALL,
 ) -> tf.data.Dataset:
-    """Fill-in-the-middle: the single-span case of the infill format.
+    """Fill-in-the-middle as Bavarian et al. (2022) train it, mixed per example with causal LM.
 
-    `pre <mask_1> post <|endoftext|> <sep> <mask_1> middle <eom>`. The middle covers a
-    fraction of the document drawn uniformly from [min_mask_ratio, max_mask_ratio)
-    (defaults 0 and 1, so middle lengths are about uniform) and sits at a uniformly drawn
-    place. It holds at least one token and, in a document of two or more tokens, leaves at
-    least one outside.
+    With probability `fim_rate` (default 0.5, the lesson's arm) an example becomes
+    `pre <mask_1> post <|endoftext|> <sep> <mask_1> middle <eom>`, the single-span case of the
+    infill format, else the causal `doc <|endoftext|>`. The middle lies between two cut points
+    drawn uniformly among the document's n + 1 token boundaries (distinct, so it holds at
+    least one token; the prefix or the suffix may be empty).
     """
-    objective = _InfillObjective(
-        _vocabulary(output_features),
-        mask_ratio_range=(min_mask_ratio, max_mask_ratio),
-        span_law=_SpanLaw(spans.COMPOSITION, 0, 1.0),  # one span: the whole masked share
-        max_spans=1,
-        loss_policy=loss_policy,
+    vocabulary = _vocabulary(output_features)
+    if loss_policy not in (LOSS_ALL, LOSS_INFILL_ONLY):
+        raise ValueError(f"loss_policy must be {LOSS_ALL!r} or {LOSS_INFILL_ONLY!r}")
+    _check_rate("fim_rate", fim_rate)
+    budget = spans.max_document_length(
+        _targets_length(sequence_length), max_mask_ratio=1.0, mean_span_length=1.0, max_spans=1
     )
-    return _apply_infill(dataset, objective, sequence_length)
+
+    def middle(tokens, seeds):
+        n = tf.size(tokens)
+        cuts = tf.sort(seqio.stateless_shuffle(tf.range(n + 1), seeds[0])[:2])
+        positions = tf.range(n)
+        mask = (positions >= cuts[0]) & (positions < cuts[1])
+        return render_infill(tokens, mask, vocabulary, loss_policy=loss_policy)
+
+    return _mix_with_causal(dataset, budget, 1.0 - fim_rate, middle, 1, vocabulary.eos_id)
 
 
 def codegen2_mixture(
@@ -223,11 +232,9 @@ def codegen2_mixture(
     loss_policy: str = LOSS_ALL,
 ) -> tf.data.Dataset:
     """CodeGen2's per-example mixture: causal LM with probability `causal_rate` (default
-    0.5, the paper's), else span_corruption_infill with the given span parameters.
-
-    Documents are chunked to the infill budget, so both objectives see the same pieces.
-    """
+    0.5, the paper's), else span_corruption_infill with the given span parameters."""
     vocabulary = _vocabulary(output_features)
+    _check_rate("causal_rate", causal_rate)
     objective = _InfillObjective(
         vocabulary,
         mask_ratio_range=(min_mask_ratio, max_mask_ratio),
@@ -235,16 +242,30 @@ def codegen2_mixture(
         max_spans=min(max_spans, vocabulary.num_masks),
         loss_policy=loss_policy,
     )
-    dataset = chunk_documents(dataset, max_tokens=objective.max_tokens(sequence_length))
+    return _mix_with_causal(
+        dataset, objective.max_tokens(sequence_length), causal_rate, objective, 3, vocabulary.eos_id
+    )
 
-    @seqio.map_over_dataset(num_seeds=4)
+
+def _check_rate(name: str, rate: float) -> None:
+    if not 0.0 <= rate <= 1.0:
+        raise ValueError(f"{name} must be a probability in [0, 1], got {rate}")
+
+
+def _mix_with_causal(dataset, max_tokens, causal_rate, infill_example, num_seeds, eos_id):
+    """Per piece: causal LM with probability `causal_rate`, else infill_example(tokens,
+    seeds), seeds [num_seeds, 2]. Documents are chunked to the infill budget, so both
+    objectives see the same pieces."""
+    dataset = chunk_documents(dataset, max_tokens=max_tokens)
+
+    @seqio.map_over_dataset(num_seeds=1 + num_seeds)
     def mix(example, seeds):
         tokens = example[features.TARGETS]
         is_causal = tf.random.stateless_uniform([], seeds[0]) < causal_rate
         return tf.cond(
             is_causal,
-            lambda: _causal_example(tokens, example[LAST_PIECE], vocabulary.eos_id),
-            lambda: objective(tokens, seeds[1:]),
+            lambda: _causal_example(tokens, example[LAST_PIECE], eos_id),
+            lambda: infill_example(tokens, seeds[1:]),
         )
 
     return mix(dataset)

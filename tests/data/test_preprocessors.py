@@ -144,9 +144,10 @@ def test_fim():
     test_utils.assert_dataset(
         _run(preprocessors.fim, DOCS, length=24, seed=2),
         [
-            _example([m1, 21, EOS, SEP, m1] + list(range(10, 21)) + [EOM]),
-            _example([m1, 31, 32, 33, 34, 35, 36, EOS, SEP, m1, 30, EOM]),
-            _example([m1, EOS, SEP, m1, 40, EOM]),
+            # The middle lies between two cut points; about half the examples are causal.
+            _example([10, 11, 12, m1, 19, 20, 21, EOS, SEP, m1, *range(13, 19), EOM]),
+            _example(DOCS[1] + [EOS]),
+            _example([m1, EOS, SEP, m1, 40, EOM]),  # prefix and suffix may both be empty
         ],
     )
 
@@ -176,7 +177,11 @@ def test_bad_parameters_are_refused():
     with pytest.raises(ValueError, match="loss_policy"):
         _run(functools.partial(preprocessors.span_corruption_infill, loss_policy="some"), DOCS, 24)
     with pytest.raises(ValueError, match="mask ratio"):
-        _run(functools.partial(preprocessors.fim, max_mask_ratio=1.5), DOCS, 24)
+        _run(functools.partial(preprocessors.span_corruption_infill, max_mask_ratio=1.5), DOCS, 24)
+    with pytest.raises(ValueError, match="fim_rate must be a probability"):
+        _run(functools.partial(preprocessors.fim, fim_rate=1.5), DOCS, 24)
+    with pytest.raises(ValueError, match="causal_rate must be a probability"):
+        _run(functools.partial(preprocessors.codegen2_mixture, causal_rate=-0.1), DOCS, 24)
     with pytest.raises(ValueError, match="sequence_length"):
         preprocessors.causal_lm(_dataset(DOCS), None, OUTPUT_FEATURES)
     with pytest.raises(ValueError, match="span_lengths must be one of"):
@@ -256,13 +261,27 @@ def test_infill_properties_over_many_seeds(length, max_spans, law):
 
 def test_fim_has_one_span_and_reassembles():
     docs = _random_docs(100, seed=1, longest=40)
-    examples = _run(preprocessors.fim, docs, 32, seed=4).as_numpy_iterator()
+    preprocessor = functools.partial(preprocessors.fim, fim_rate=1.0)
+    examples = _run(preprocessor, docs, 32, seed=4).as_numpy_iterator()
     rebuilt = []
     for example in examples:
         document, spans, _ = _reassemble(example["targets"].tolist())
         assert len(spans) == 1
         rebuilt.append(document)
     assert sum(rebuilt, []) == sum(docs, [])
+
+
+def test_fim_mixes_per_example_and_cuts_at_two_uniform_points():
+    n, count = 12, 3000
+    docs = [list(range(10, 10 + n))] * count
+    examples = list(_run(preprocessors.fim, docs, 32, seed=7).as_numpy_iterator())
+    infill = [ex["targets"].tolist() for ex in examples if SEP in ex["targets"]]
+    assert abs(len(infill) / count - 0.5) < 0.04  # fim_rate 0.5; binomial sd 0.009
+    middles = np.array([len(_reassemble(t)[1][0]) for t in infill])
+    # Two distinct cut points among n + 1 boundaries: P(middle = m) = 2 (n + 1 - m) / (n (n + 1)).
+    law = np.array([2 * (n + 1 - m) / (n * (n + 1)) for m in range(1, n + 1)])
+    histogram = np.bincount(middles, minlength=n + 1)[1:] / len(middles)
+    assert 0.5 * np.abs(histogram - law).sum() < 0.05
 
 
 def test_prefix_split_inside_document():
