@@ -170,15 +170,13 @@ def _record_vocabulary(checkpoint_dir: str, vocabulary, model_config: Transforme
             size,
             model_config.vocab_size - size,
         )
-    directory = os.path.join(checkpoint_dir, vocab.SAVED_VOCABULARY_DIR)
-    saved = vocab.load_saved_vocabulary(directory)
-    if saved is not None and saved != vocabulary:
-        raise ValueError(
-            f"{directory} holds the tokenizer this run's checkpoints were trained with, and "
-            "the configured one (VOCABULARY) differs; use that one or another MODEL_DIR"
-        )
-    if saved is None and jax.process_index() == 0:
-        vocab.save_vocabulary(vocabulary, directory)
+    vocab.keep_vocabulary(
+        vocabulary,
+        os.path.join(checkpoint_dir, vocab.SAVED_VOCABULARY_DIR),
+        made="this run's checkpoints",
+        remedy="use that one or another MODEL_DIR",
+        save=jax.process_index() == 0,
+    )
 
 
 def _check_hf_architecture(hf_dir: str, model_config: TransformerConfig) -> None:

@@ -66,22 +66,25 @@ def require_cached(names: Sequence[str], cache_dir: str | None) -> None:
             "or train with USE_CACHED = False"
         )
     for name in tasks:
-        _check_tokenizer(name, seqio.TaskRegistry.get(name).cache_dir)
+        _keep_tokenizer(name, seqio.TaskRegistry.get(name).cache_dir, save=False)
 
 
 def _vocabulary_dir(task_cache_dir: str) -> str:
     return os.path.join(task_cache_dir, vocab.SAVED_VOCABULARY_DIR)
 
 
-def _check_tokenizer(name: str, task_cache_dir: str) -> None:
-    saved = vocab.load_saved_vocabulary(_vocabulary_dir(task_cache_dir))
-    if saved is None:
+def _keep_tokenizer(name: str, task_cache_dir: str, *, save: bool) -> None:
+    """Checks a task's cache against the run's tokenizer; keeps it with a new cache (save)."""
+    directory = _vocabulary_dir(task_cache_dir)
+    if not save and vocab.load_saved_vocabulary(directory) is None:
         logging.warning("%s keeps no tokenizer (not cached by this command): unchecked", name)
-    elif saved != pipeline.task_vocabulary(name):
-        raise ValueError(
-            f"the cache of {name} in {task_cache_dir} was tokenized with another tokenizer "
-            "than this run's (VOCABULARY); cache it again into another directory"
-        )
+    vocab.keep_vocabulary(
+        pipeline.task_vocabulary(name),
+        directory,
+        made=f"the cache of {name}",
+        remedy="cache it again into another directory",
+        save=save,
+    )
 
 
 def _seqio_argv(argv: Sequence[str], tasks: Sequence[str]) -> list[str]:
@@ -95,9 +98,7 @@ def _finish(names: Sequence[str], cache_dir: str) -> None:
     seqio.add_global_cache_dirs([cache_dir])
     for name in names:
         task = seqio.TaskRegistry.get(name)
-        if vocab.load_saved_vocabulary(_vocabulary_dir(task.cache_dir)) is None:
-            vocab.save_vocabulary(pipeline.task_vocabulary(name), _vocabulary_dir(task.cache_dir))
-        _check_tokenizer(name, task.cache_dir)
+        _keep_tokenizer(name, task.cache_dir, save=True)
         for split in task.splits:
             stats = task.get_cached_stats(split)
             print(

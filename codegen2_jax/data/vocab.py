@@ -180,6 +180,31 @@ def load_saved_vocabulary(directory: str) -> seqio.Vocabulary | None:
     return None
 
 
+def keep_vocabulary(
+    vocabulary: seqio.Vocabulary, directory: str, *, made: str, remedy: str, save: bool = True
+) -> None:
+    """Keeps the vocabulary that made something (checkpoints, a cache) in its directory.
+
+    Args:
+      vocabulary: the configured one.
+      directory: where it is kept (load_saved_vocabulary); written if it keeps none and save.
+      made: what the kept one made, for the error ("this run's checkpoints").
+      remedy: what to do instead, for the error.
+
+    Raises:
+      ValueError: the directory keeps another vocabulary.
+    """
+    saved = load_saved_vocabulary(directory)
+    if saved is None:
+        if save:
+            save_vocabulary(vocabulary, directory)
+    elif saved != vocabulary:
+        raise ValueError(
+            f"{directory} holds the tokenizer {made} were made with, and the configured one "
+            f"(VOCABULARY) is another tokenizer; {remedy}"
+        )
+
+
 @functools.cache
 def _load_cached(path: str) -> seqio.Vocabulary:
     return load_vocabulary(path)
