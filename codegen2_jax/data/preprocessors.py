@@ -200,8 +200,7 @@ def fim(
     least one token; the prefix or the suffix may be empty).
     """
     vocabulary = _vocabulary(output_features)
-    if loss_policy not in (LOSS_ALL, LOSS_INFILL_ONLY):
-        raise ValueError(f"loss_policy must be {LOSS_ALL!r} or {LOSS_INFILL_ONLY!r}")
+    _check_loss_policy(loss_policy)
     _check_rate("fim_rate", fim_rate)
     budget = spans.max_document_length(
         _targets_length(sequence_length), max_mask_ratio=1.0, mean_span_length=1.0, max_spans=1
@@ -245,6 +244,11 @@ def codegen2_mixture(
     return _mix_with_causal(
         dataset, objective.max_tokens(sequence_length), causal_rate, objective, 3, vocabulary.eos_id
     )
+
+
+def _check_loss_policy(loss_policy: str) -> None:
+    if loss_policy not in (LOSS_ALL, LOSS_INFILL_ONLY):
+        raise ValueError(f"loss_policy must be {LOSS_ALL!r} or {LOSS_INFILL_ONLY!r}")
 
 
 def _check_rate(name: str, rate: float) -> None:
@@ -310,8 +314,7 @@ class _InfillObjective:
     """Draws a mask ratio and spans for a document and renders the infill format."""
 
     def __init__(self, vocabulary, *, mask_ratio_range, span_law, max_spans, loss_policy):
-        if loss_policy not in (LOSS_ALL, LOSS_INFILL_ONLY):
-            raise ValueError(f"loss_policy must be {LOSS_ALL!r} or {LOSS_INFILL_ONLY!r}")
+        _check_loss_policy(loss_policy)
         if not 0.0 <= mask_ratio_range[0] <= mask_ratio_range[1] <= 1.0:
             raise ValueError(f"mask ratio range {mask_ratio_range} is not inside [0, 1]")
         span_law.check()

@@ -37,14 +37,15 @@ def task():
     seqio.TaskRegistry.remove(TASK)
 
 
-def _iterator(seed=7, shard_index=0, num_shards=1):
+def _iterator(seed=7, shard_index=0, num_shards=1, task=TASK, **kwargs):
     return pipeline.make_iterator(
-        TASK,
+        task,
         feature_lengths={"targets": LENGTH},
         batch_size=BATCH,
         seed=seed,
         shard_index=shard_index,
         num_shards=num_shards,
+        **kwargs,
     )
 
 
@@ -101,15 +102,7 @@ def test_each_shard_draws_its_own_objectives_deterministically_and_resumably():
     try:
 
         def shard(index, position=None):
-            iterator = pipeline.make_iterator(
-                name,
-                feature_lengths={"targets": LENGTH},
-                batch_size=BATCH,
-                seed=7,
-                shard_index=index,
-                num_shards=2,
-                shuffle=False,
-            )
+            iterator = _iterator(shard_index=index, num_shards=2, task=name, shuffle=False)
             if position is not None:
                 iterator.restore_position(position)
             return iterator

@@ -28,6 +28,16 @@ def _mask(length, ratio, seed, *, mean_span_length=3.0, max_spans=1000):
     ).numpy()
 
 
+def _uniform_mask(length, ratio, seeds, *, max_span_length, max_spans):
+    return spans.uniform_spans_mask(
+        tf.constant(length),
+        tf.constant(ratio),
+        tf.constant(seeds),
+        max_span_length=max_span_length,
+        max_spans=max_spans,
+    ).numpy()
+
+
 def test_golden_mask():
     seeds = tf.constant([[1, 2], [3, 4]])
     mask = spans.random_spans_mask(
@@ -131,13 +141,7 @@ def test_uniform_span_lengths_follow_the_uniform_law():
     """CodeGen2's law: every span's length uniform in [1, max_span_length], independently."""
     lengths = []
     for seed in range(60):
-        mask = spans.uniform_spans_mask(
-            tf.constant(2000),
-            tf.constant(0.5),
-            tf.constant([[seed, 1], [seed, 2]]),
-            max_span_length=10,
-            max_spans=1000,
-        ).numpy()
+        mask = _uniform_mask(2000, 0.5, [[seed, 1], [seed, 2]], max_span_length=10, max_spans=1000)
         runs = _span_lengths(mask)
         # The ratio decides the count: about 1000 masked tokens in spans of mean 5.5.
         assert 1000 - 10 < mask.sum() <= 1000 and abs(len(runs) - 1000 / 5.5) < 60
@@ -162,13 +166,7 @@ def test_composition_span_lengths_follow_the_composition_law():
 def test_uniform_spans_fit_short_documents():
     for seed in range(200):
         length = 1 + seed % 12
-        mask = spans.uniform_spans_mask(
-            tf.constant(length),
-            tf.constant(0.5),
-            tf.constant([[seed, 3], [seed, 4]]),
-            max_span_length=31,
-            max_spans=4,
-        ).numpy()
+        mask = _uniform_mask(length, 0.5, [[seed, 3], [seed, 4]], max_span_length=31, max_spans=4)
         runs = _runs(mask)
         assert len(mask) == length and 1 <= len(runs) <= 4
         assert 1 <= mask.sum() <= max(length - 1, 1)
