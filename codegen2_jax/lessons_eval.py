@@ -110,13 +110,6 @@ def heldout_problems(limit: int, max_lines: int) -> list[dict]:
     return problems[:limit]
 
 
-def spread(items: Sequence, limit: int | None) -> list:
-    """`limit` items evenly spaced over the sequence (all of them for None)."""
-    if limit is None or limit >= len(items):
-        return list(items)
-    return [items[i * len(items) // limit] for i in range(limit)]
-
-
 def exact_match(fill: str, middle: str, truncation: str) -> bool:
     """Whether a truncated fill is the true middle, surrounding whitespace ignored."""
     return infilling.truncate(fill, truncation).strip() == middle.strip()
@@ -198,7 +191,7 @@ def stdlib_infill(sampler: ArmSampler, problems: Sequence[dict]) -> dict[str, fl
 
 def humaneval_infill(sampler: ArmSampler, limit: int | None) -> dict[str, float]:
     """Exact match and test pass rate on HumanEval-Infilling single-line."""
-    tasks = spread(infilling.load_tasks("single-line"), limit)
+    tasks = humaneval.spread(infilling.load_tasks("single-line"), limit)
     fills = sampler.infill([(t["prompt"], t["suffix"]) for t in tasks])
     truncation = sampler.settings.truncation
     report = humaneval.score_infilling("single-line", tasks, fills, truncation=truncation)

