@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import ast
+import difflib
+import inspect
 import logging
 import pathlib
 import re
@@ -45,12 +47,73 @@ def _search_gin_dir_first() -> None:
 
 
 def parse(files: Sequence[str], bindings: Sequence[str] = ()) -> None:
-    """Clears gin and parses files (relative to gin/ or absolute) plus binding strings."""
+    """Clears gin and parses files (relative to gin/ or absolute) plus binding strings.
+
+    A binding of a macro that the files neither set nor use (a typo such as TRAIN_STEP for
+    TRAIN_STEPS, which gin would take as a new macro) or of a parameter the configurable does
+    not have is refused, naming the nearest known one.
+    """
     logging.getLogger().addFilter(_PROBE_FILTER)  # idempotent: a filter is added once
     gin.clear_config(clear_constants=True)
     _search_gin_dir_first()
     files = [str(GIN_DIR / f) if (GIN_DIR / f).is_file() else f for f in files]
-    gin.parse_config_files_and_bindings(files, list(bindings), finalize_config=False)
+    gin.parse_config_files_and_bindings(files, [], finalize_config=False)
+    _check_macro_bindings(bindings)
+    try:
+        gin.parse_config(list(bindings))
+    except ValueError as error:
+        first, newline, rest = str(error).partition("\n")
+        raise ValueError(f"{first}{_nearest_parameter(first)}{newline}{rest}") from None
+
+
+def _check_macro_bindings(bindings: Sequence[str]) -> None:
+    known = _config_macros() | {m for b in bindings for m in re.findall(r"%([A-Z]\w*)", b)}
+    for binding in bindings:
+        macro = macro_assignment(binding.strip())
+        if macro and macro[0] not in known:
+            raise ValueError(
+                f"gin binding {binding.strip()!r}: no gin file sets or uses macro {macro[0]}"
+                f"{_did_you_mean(macro[0], known)}"
+            )
+
+
+def _config_macros() -> set[str]:
+    """Macros the parsed config sets (NAME = ...) or refers to (%NAME)."""
+    names = set()
+
+    def visit(value):
+        if isinstance(value, gin.config.ConfigurableReference):
+            if value.selector == "gin.macro":
+                names.add(value.scopes[-1])
+        elif isinstance(value, list | tuple | set):
+            for item in value:
+                visit(item)
+        elif isinstance(value, dict):
+            for item in value.values():
+                visit(item)
+
+    for (scope, selector), parameters in gin.config._CONFIG.items():  # noqa: SLF001
+        if selector == "gin.macro":
+            names.add(scope)
+        visit(parameters)
+    return names
+
+
+def _nearest_parameter(message: str) -> str:
+    """ " (did you mean ...?)" for gin's unknown-parameter error, when one is close."""
+    match = re.search(r"Configurable '([\w.]+)' doesn't have a parameter named '(\w+)'", message)
+    if not match:
+        return ""
+    configurable = gin.config._REGISTRY.get_match(match.group(1))  # noqa: SLF001
+    if configurable is None:
+        return ""
+    parameters = inspect.signature(configurable.wrapped).parameters
+    return _did_you_mean(match.group(2), parameters)
+
+
+def _did_you_mean(name: str, known) -> str:
+    close = difflib.get_close_matches(name, sorted(known), n=1)
+    return f" (did you mean {close[0]}?)" if close else ""
 
 
 def configured(fn):

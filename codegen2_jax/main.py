@@ -94,11 +94,16 @@ def main(argv):
     initialize_distributed()
     import tasks  # noqa: F401  (registers the seqio tasks and mixtures the gin files name)
 
-    gin_config.parse(FLAGS.gin_file, FLAGS.gin_bindings)
+    try:
+        gin_config.parse(FLAGS.gin_file, FLAGS.gin_bindings)
+    except ValueError as error:  # a typo in a binding: refused before any work
+        raise app.UsageError(str(error)) from None
     model_dir = gin.query_parameter("%MODEL_DIR")
     text = gin.config_str()
     write_config(model_dir, text)
     summary = gin_config.configured(train.train)(config_text=text)
+    if summary is None:  # the run was already finished: its results stay as they are
+        return
     logging.info("finished: %s", {k: round(v, 4) for k, v in sorted(summary.items())})
     if jax.process_index() == 0:
         with open(os.path.join(model_dir, "final_metrics.json"), "w", encoding="utf-8") as f:

@@ -52,7 +52,7 @@ def train(
     slow_op_timeout_s: float = 1800.0,
     peer_timeout_s: float = 30.0,
     config_text: str = "",
-) -> dict[str, float]:
+) -> dict[str, float] | None:
     """Trains on train_task for total_steps global batches of batch_size x seq_len tokens.
 
     Resumes from the newest valid checkpoint under model_dir/checkpoints at its exact data
@@ -77,7 +77,8 @@ def train(
       peer_timeout_s: how long another process may send no heartbeat.
 
     Returns:
-      The last logged training scalars and the final evaluation.
+      The last logged training scalars and the final evaluation; None when model_dir's
+      checkpoint already holds total_steps (a rerun of a finished run changes nothing).
     """
     if use_cached:
         cache.require_cached([train_task, *eval_tasks], cache_dir)
@@ -286,9 +287,17 @@ class Loop:
     max_consecutive_skips: int
     watchdog: watchdog.Watchdog
 
-    def run(self, state) -> dict[str, float]:
-        stop = _StopOnSigterm()
+    def run(self, state) -> dict[str, float] | None:
         step = int(state.step)
+        if step >= self.total_steps:
+            logging.warning(
+                "the run is already finished: its checkpoint holds step %d of %d; nothing to "
+                "do (raise TRAIN_STEPS to train on)",
+                step,
+                self.total_steps,
+            )
+            return None
+        stop = _StopOnSigterm()
         self.progress.start(step)
         summary, window, previous, evaluated = {}, [], None, {}
         # Steps finish one behind their dispatch; the first also compiles.

@@ -74,3 +74,23 @@ def test_tool_command_line_parses_its_flags_files_mesh_and_bindings():
     args = gin_config.parse_tool_args(argparse.ArgumentParser(), [], model="models/1b.gin")
     assert args.gin_file is None and not hasattr(args, "mesh")
     assert gin_config.configured(TransformerConfig)().num_layers == 16
+
+
+@pytest.mark.parametrize(
+    "binding, message",
+    [
+        ("NUM_LAYERS = 3", "no gin file sets or uses macro NUM_LAYERS"),
+        ("VOCAB_SIZ = 3", r"macro VOCAB_SIZ \(did you mean VOCAB_SIZE\?\)"),
+        ("config.TransformerConfig.num_layer = 3", r"'num_layer'.*\(did you mean num_layers\?\)"),
+    ],
+)
+def test_a_binding_typo_is_refused_naming_the_nearest_known_name(binding, message):
+    with pytest.raises(ValueError, match=message):
+        gin_config.parse(["models/tiny.gin"], [binding])
+
+
+def test_bindings_may_set_a_macro_another_binding_uses():
+    gin_config.parse(
+        ["models/tiny.gin"], ["LAYERS = 3", "config.TransformerConfig.num_layers = %LAYERS"]
+    )
+    assert gin_config.configured(TransformerConfig)().num_layers == 3

@@ -131,16 +131,17 @@ def declared_corpus(tmp_path):
         seqio.TaskRegistry.remove(name)
 
 
-def _train(model_dir, corpus: str, steps: int, *more: str) -> None:
+def _train(model_dir, corpus: str, steps: int, *more: str) -> dict[str, float] | None:
     bindings = [f"MODEL_DIR = '{model_dir}'", f"CORPUS = '{corpus}'", f"TRAIN_STEPS = {steps}"]
     bindings += ["train.train.log_every = 1", "train.train.checkpoint_every = 5"]
     bindings += ["optim.make_optimizer.total_steps = 12"]  # one schedule, however far it runs
     gin_config.parse(["experiments/tiny_cpu.gin"], [*bindings, *more])
-    gin_config.configured(train.train)(config_text=gin.config_str())  # as main records it
+    return gin_config.configured(train.train)(config_text=gin.config_str())  # as main records it
 
 
-def test_a_declared_corpus_saves_and_resumes_exactly(tmp_path, declared_corpus):
-    """Files parsed in Python save their data position: a resumed run equals an unbroken one."""
+def test_a_declared_corpus_saves_and_resumes_exactly(tmp_path, declared_corpus, caplog):
+    """Files parsed in Python save their data position: a resumed run equals an unbroken one.
+    A rerun of the finished run changes nothing and says so."""
     unbroken, resumed = tmp_path / "unbroken", tmp_path / "resumed"
     _train(unbroken, declared_corpus, 12)
     _train(resumed, declared_corpus, 7)  # saves at 5 and at its end, 7
@@ -148,6 +149,11 @@ def test_a_declared_corpus_saves_and_resumes_exactly(tmp_path, declared_corpus):
     expected = {s: m["train/loss"] for s, m in metrics.read_metrics(unbroken).items()}
     assert {s: m["train/loss"] for s, m in metrics.read_metrics(resumed).items()} == expected
     assert sorted(expected) == list(range(1, 13))
+
+    logged = (resumed / metrics.METRICS_FILE).read_text()
+    assert _train(resumed, declared_corpus, 12) is None
+    assert "the run is already finished: its checkpoint holds step 12 of 12" in caplog.text
+    assert (resumed / metrics.METRICS_FILE).read_text() == logged
 
 
 def test_one_binding_chooses_the_tokenizer_and_checkpoints_keep_it(tmp_path, corpus_dir):

@@ -105,8 +105,7 @@ class ExecutionEvaluator:
         tasks = infilling.load_tasks(INFILL_BENCHMARK)
         self._tasks = humaneval.spread(tasks, settings.infill_tasks)
         self._tested = {**self._problems, **infilling.problems_of(self._tasks)}
-        parallel = partitioner.data_parallel_size
-        self._rows = -(-settings.batch_size // parallel) * parallel
+        self._parallel = partitioner.data_parallel_size
         generate = dict(config=config, prefix_prompt=prefix_prompt, partitioner=partitioner)
         self._complete = sampling.make_generate(
             max_new_tokens=settings.completion_tokens, **generate
@@ -198,14 +197,15 @@ class ExecutionEvaluator:
         return humaneval.infill_samples(self._tasks, fills, self.settings.truncation)
 
     def _batched(self, items: Sequence, decode) -> list:
-        """decode() over batches of exactly self._rows items (the last padded by repeating
-        its last item, whose outputs are dropped), so every call has one compiled shape."""
+        """decode() over batches of one size, a multiple of the data-parallel size (the last
+        padded by repeating its last item, whose outputs are dropped): one compiled shape."""
+        rows = min(self.settings.batch_size, len(items))
+        rows = -(-rows // self._parallel) * self._parallel
         out = []
-        for start in range(0, len(items), self._rows):
-            batch = list(items[start : start + self._rows])
+        for start in range(0, len(items), rows):
+            batch = list(items[start : start + rows])
             real = len(batch)
-            batch += batch[-1:] * (self._rows - real)
-            out += decode(batch)[:real]
+            out += decode(batch + batch[-1:] * (rows - real))[:real]
         return out
 
 

@@ -40,7 +40,7 @@ def _evaluator(partitioner, vocabulary, **settings):
 
 def _fake_decoding(monkeypatch, completion_of):
     """Decoding replaced by completion_of(problem) and the canonical middle of each fill;
-    every call must have the evaluator's one batch shape (8 rows)."""
+    every call has one batch shape: batch_size 4 rounded up to the 8 data shards."""
     problems = humaneval.load_problems()
     by_prompt = {p["prompt"]: p for p in problems.values()}
     middles = {
