@@ -103,8 +103,7 @@ def _tensorboard_tags(model_dir) -> set[str]:
     }
 
 
-@pytest.fixture
-def declared_corpus(tmp_path):
+def _declare_corpus(directory, name: str, validation_percent: int) -> list[str]:
     """The README's "Add a corpus" declaration over jsonl.gz shards of real Python files."""
     import tasks  # noqa: F401
     from tasks.registry import register_corpus
@@ -115,20 +114,39 @@ def declared_corpus(tmp_path):
             json.dumps({"content": f.read_text(encoding="utf-8"), "license": "PSF"}) + "\n"
             for f in files[shard::2]
         ]
-        (tmp_path / f"{shard:02d}.jsonl.gz").write_bytes(gzip.compress("".join(lines).encode()))
-    names = register_corpus(
-        "my_code",
+        (directory / f"{shard:02d}.jsonl.gz").write_bytes(gzip.compress("".join(lines).encode()))
+    return register_corpus(
+        name,
         "v1",
         sources.DocumentSource(
-            split_to_filepattern={"train": str(tmp_path / "*.jsonl.gz")},
+            split_to_filepattern={"train": str(directory / "*.jsonl.gz")},
             text_field="content",
             license_field="license",
-            validation_percent=1,
+            validation_percent=validation_percent,
         ),
     )
+
+
+@pytest.fixture
+def declared_corpus(tmp_path):
+    names = _declare_corpus(tmp_path, "my_code", validation_percent=1)
     yield "my_code"
     for name in names:
         seqio.TaskRegistry.remove(name)
+
+
+def test_a_wrong_corpus_or_an_empty_evaluation_stops_before_training(tmp_path, declared_corpus):
+    run = tmp_path / "run"
+    with pytest.raises(ValueError, match="'my_cod_v1_codegen2_mix': did you mean my_code_v1_"):
+        _train(run, "my_cod", 3)
+    names = _declare_corpus(tmp_path, "no_validation", validation_percent=0)
+    try:
+        with pytest.raises(ValueError, match="'no_validation_v1_causal' has no scored tokens"):
+            _train(run, declared_corpus, 3, "EVAL_TASKS = ['no_validation_v1_causal']")
+    finally:
+        for name in names:
+            seqio.TaskRegistry.remove(name)
+    assert not list((run / "checkpoints").glob("[0-9]*"))
 
 
 def _train(model_dir, corpus: str, steps: int, *more: str) -> dict[str, float] | None:

@@ -12,6 +12,7 @@ py_function, whose first save fails with "PyFunc is stateful" (sources.DocumentS
 files through stateless chunks).
 """
 
+import difflib
 import io
 import os
 import pathlib
@@ -86,8 +87,23 @@ def shard_seed(seed: int, shard_index: int) -> int:
 
 def task_vocabulary(mixture_or_task_name: str) -> seqio.Vocabulary:
     """The token vocabulary of a registered task or mixture (a configured one as it resolves)."""
-    targets = seqio.get_mixture_or_task(mixture_or_task_name).output_features[features.TARGETS]
+    targets = registered(mixture_or_task_name).output_features[features.TARGETS]
     return getattr(targets.vocabulary, "resolved", targets.vocabulary)
+
+
+def registered(mixture_or_task_name: str) -> seqio.Task | seqio.Mixture:
+    """The registered task or mixture; an unknown name is refused naming the nearest ones
+    (seqio's own error lists every registered task)."""
+    names = [*seqio.TaskRegistry.names(), *seqio.MixtureRegistry.names()]
+    if mixture_or_task_name not in names:
+        close = difflib.get_close_matches(mixture_or_task_name, names, n=3)
+        hint = (
+            f"did you mean {', '.join(close)}?"
+            if close
+            else "tasks are named <corpus>_<version>_<objective> (README: Add a corpus)"
+        )
+        raise ValueError(f"no seqio task or mixture named {mixture_or_task_name!r}: {hint}")
+    return seqio.get_mixture_or_task(mixture_or_task_name)
 
 
 def host_shards(num_shards: int, process_index: int, process_count: int) -> range:

@@ -42,6 +42,8 @@ class Evaluator:
             trainer.make_eval_step(model),
             in_shardings=(param_shardings, partitioner.batch_sharding()),
         )
+        for task in self.tasks:  # found before training, not at its first evaluation
+            self._require_scored_tokens(task)
 
     def __call__(self, params) -> dict[str, float]:
         """{"eval/<task>/loss": mean loss, "eval/<task>/perplexity": exp(loss)} per task."""
@@ -52,8 +54,28 @@ class Evaluator:
             results[f"eval/{task}/perplexity"] = math.exp(min(loss, 50.0))
         return results
 
+    def _require_scored_tokens(self, task: str) -> None:
+        first = next(self._batches(task).take(1).as_numpy_iterator(), None)
+        if first is None or not first["decoder_loss_weights"].any():
+            raise ValueError(
+                f"evaluation task {task!r} has no scored tokens in its validation split "
+                f"(shard {jax.process_index()} of {jax.process_count()}): its corpus may hold "
+                "no validation documents; choose other EVAL_TASKS or raise the corpus's "
+                "validation_percent"
+            )
+
     def _task_loss(self, params, task: str) -> float:
-        dataset = pipeline.make_dataset(
+        loss_sum, weight_sum = 0.0, 0.0
+        for batch in self._batches(task).take(self._num_batches).as_numpy_iterator():
+            sums = self._step(params, self._partitioner.global_batch(batch))
+            loss_sum += float(sums["loss_sum"])
+            weight_sum += float(sums["weight_sum"])
+        if weight_sum == 0:
+            raise ValueError(f"validation split of {task!r} produced no scored tokens")
+        return loss_sum / weight_sum
+
+    def _batches(self, task: str):
+        return pipeline.make_dataset(
             task,
             feature_lengths=self._lengths,
             batch_size=self._batch_size // jax.process_count(),
@@ -65,11 +87,3 @@ class Evaluator:
             num_epochs=1,
             use_cached=self._use_cached,
         )
-        loss_sum, weight_sum = 0.0, 0.0
-        for batch in dataset.take(self._num_batches).as_numpy_iterator():
-            sums = self._step(params, self._partitioner.global_batch(batch))
-            loss_sum += float(sums["loss_sum"])
-            weight_sum += float(sums["weight_sum"])
-        if weight_sum == 0:
-            raise ValueError(f"validation split of {task!r} produced no scored tokens")
-        return loss_sum / weight_sum
