@@ -112,6 +112,28 @@ def xla_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array | No
     return jnp.einsum("bhqk,bkhd->bqhd", probs, v)
 
 
+def single_query_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array) -> jax.Array:
+    """xla_attention for one new token per row against a KV cache, as products and sums.
+
+    Written as einsums, the two dots make XLA keep the cache in a transposed layout and copy
+    all of it, every layer, every decoding step; a broadcast product reduced over head_dim,
+    then over the cache length, reads the cache once in the layout it is stored in.
+
+    Args:
+      q: [batch, 1, heads, head_dim].
+      k, v: [batch, cache_length, heads, head_dim].
+      mask: boolean [batch, 1, 1, cache_length].
+
+    Returns:
+      [batch, 1, heads, head_dim] in v's dtype.
+    """
+    scale = q.shape[-1] ** -0.5
+    scores = jnp.sum(q.astype(jnp.float32) * k.astype(jnp.float32), axis=-1) * scale  # [B, S, H]
+    scores = jnp.where(mask[:, 0, 0, :, None], scores, jnp.finfo(jnp.float32).min)
+    probs = jax.nn.softmax(scores, axis=1).astype(v.dtype)
+    return jnp.sum(probs[..., None] * v, axis=1, keepdims=True, dtype=jnp.float32).astype(v.dtype)
+
+
 def fused_attention(
     q: jax.Array,
     k: jax.Array,

@@ -91,7 +91,10 @@ class SelfAttention(nn.Module):
             # One query row per new token against the whole cache: memory-bound, so the
             # einsum path serves every backend.
             k, v = self._update_cache(k, v, cache_index)
-            out = attention.xla_attention(q, k, v, mask)
+            if q.shape[1] == 1:  # a decoding step
+                out = attention.single_query_attention(q, k, v, mask)
+            else:  # a prompt
+                out = attention.xla_attention(q, k, v, mask)
         elif cfg.attention_impl == "cudnn":
             out = attention.fused_attention(q, k, v, mask, implementation="cudnn")
         else:

@@ -31,6 +31,19 @@ def test_decode_mask_against_hand_written_matrix():
     np.testing.assert_array_equal(mask[:, 0], expected)
 
 
+def test_single_query_attention_equals_the_einsum_path_over_a_cache():
+    q, k, v = jax.random.normal(jax.random.key(0), (3, 2, 9, 4, 16))
+    q = q[:, :1]  # one new token per row against 9 cache slots
+    keys = jnp.array([[0, 0, 1, 1, 1, 1, 0, 0, 0], [1] * 6 + [0] * 3])  # left padding, future
+    mask = attention.make_decode_mask(jnp.int32(5), jnp.ones((2, 1), jnp.int32), keys)
+    np.testing.assert_allclose(
+        attention.single_query_attention(q, k, v, mask),
+        attention.xla_attention(q, k, v, mask),
+        atol=1e-6,
+        rtol=1e-6,
+    )
+
+
 def _left_padded_prompt(tokens, width):
     pad = width - LENGTHS
     slots = np.arange(width)[None]
