@@ -40,31 +40,56 @@ def make_parser() -> argparse.ArgumentParser:
         "--layout",
         default="causal",
         choices=["causal", "packed", "prefix_lm"],
-        help="Batch features: plain causal rows, two packed segments, or packed prefix-LM.",
+        help="Batch features: causal rows, packed documents, or packed prefix-LM documents.",
     )
     return parser
 
 
 def synthetic_batch(batch: int, seq: int, vocab: int, layout: str, seed: int = 0) -> dict:
-    """Random tokens; "packed" adds two segments per row, "prefix_lm" a half-row prefix too."""
+    """Random tokens in the training batch contract (int32, as the pipeline delivers them).
+
+    "causal": one document per row. "packed": documents of random lengths packed into rows
+    (geometric, mean seq / 4, the last one cut at the row's end), as the CodeGen2 mixture's
+    rows are. "prefix_lm": the same packing, each document with a bidirectional, unscored
+    prefix of uniform length in [1, n - 1] (a one-token document is all prefix), flagged as
+    ObjectiveFeatureConverter flags it.
+    """
     rng = np.random.default_rng(seed)
     tokens = rng.integers(0, vocab, size=(batch, seq), dtype=np.int32)
     features = {
         "decoder_input_tokens": tokens,
         "decoder_target_tokens": np.roll(tokens, -1, axis=1),
-        "decoder_loss_weights": np.ones((batch, seq), np.float32),
+        "decoder_loss_weights": np.ones((batch, seq), np.int32),
     }
-    if layout in ("packed", "prefix_lm"):
-        half = seq // 2
-        segment = np.repeat([1, 2], [half, seq - half])
-        position = np.concatenate([np.arange(half), np.arange(seq - half)])
-        features["decoder_segment_ids"] = np.tile(segment, (batch, 1)).astype(np.int32)
-        features["decoder_positions"] = np.tile(position, (batch, 1)).astype(np.int32)
+    if layout == "causal":
+        return features
+    rows = [_packed_row(rng, seq, prefix=layout == "prefix_lm") for _ in range(batch)]
+    segments, positions, prefix = (
+        np.stack(column).astype(np.int32) for column in zip(*rows, strict=True)
+    )
+    features["decoder_segment_ids"] = segments
+    features["decoder_positions"] = positions
     if layout == "prefix_lm":
-        prefix = (features["decoder_positions"] < seq // 4).astype(np.int32)
-        features["decoder_causal_attention"] = prefix
-        features["decoder_loss_weights"] = (1 - prefix).astype(np.float32)
+        # The prefix plus the position after it, where the first scored token is predicted.
+        after = np.roll(prefix, 1, axis=1) & (np.roll(segments, 1, axis=1) == segments)
+        after[:, 0] = 0
+        features["decoder_causal_attention"] = prefix | after
+        features["decoder_loss_weights"] = 1 - prefix
     return features
+
+
+def _packed_row(rng: np.random.Generator, seq: int, prefix: bool):
+    """(segment ids, positions, prefix flags) of one row of packed documents."""
+    segments, positions, flags = [], [], []
+    segment = 0
+    while len(segments) < seq:
+        segment += 1
+        length = min(max(int(rng.geometric(4 / seq)), 2), seq - len(segments))
+        cut = (int(rng.integers(1, length)) if length > 1 else 1) if prefix else 0
+        segments += [segment] * length
+        positions += range(length)
+        flags += [1] * cut + [0] * (length - cut)
+    return np.array(segments), np.array(positions), np.array(flags)
 
 
 def benchmark_train_step(
