@@ -12,6 +12,9 @@ per-device footprint on accelerators, not a promise (GPU/TPU fusion and layouts 
 
 from __future__ import annotations
 
+from codegen2_jax import console  # first: native libraries read their log levels at load
+
+# isort: split
 import argparse
 import json
 import sys
@@ -118,6 +121,7 @@ def main(argv: list[str] | None = None):
     args = gin_config.parse_tool_args(
         make_parser(), argv, model=DEFAULT_GIN_FILE, mesh=DEFAULT_MESH
     )
+    console.configure(args.verbose)
     # Must precede the first backend use; nothing before this line touches a device.
     jax.config.update("jax_platforms", "cpu")
     jax.config.update("jax_num_cpu_devices", args.devices)

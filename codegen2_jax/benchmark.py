@@ -11,6 +11,9 @@ input embedding (the MFU definition in README.md); mfu_causal counts half the at
 
 from __future__ import annotations
 
+from codegen2_jax import console  # first: native libraries read their log levels at load
+
+# isort: split
 import argparse
 import functools
 import json
@@ -157,6 +160,7 @@ def main(argv: list[str] | None = None):
     args = gin_config.parse_tool_args(
         make_parser(), argv, model=DEFAULT_GIN_FILE, mesh=DEFAULT_MESH
     )
+    console.configure(args.verbose)
     config = gin_config.configured(TransformerConfig)()
     partitioner = gin_config.configured(partitioning.make_partitioner)()
     result = benchmark_train_step(

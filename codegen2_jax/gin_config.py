@@ -140,9 +140,9 @@ def parse_tool_args(
 ) -> argparse.Namespace:
     """The command line of a standalone tool (benchmarks, AOT), its gin parsed.
 
-    Adds --gin_file (repeatable; default `model`) and, for tools that shard, --mesh (default
-    `mesh`) to the tool's own parser; `--gin.NAME=VALUE` arguments become bindings. Parses the
-    flags, then gin: the files, the mesh, the bindings.
+    Adds --gin_file (repeatable; default `model`), --verbose (for console.configure) and, for
+    tools that shard, --mesh (default `mesh`) to the tool's own parser; `--gin.NAME=VALUE`
+    arguments become bindings. Parses the flags, then gin: the files, the mesh, the bindings.
 
     Args:
       parser: the tool's parser with its own flags.
@@ -153,6 +153,7 @@ def parse_tool_args(
     parser.add_argument(
         "--gin_file", action="append", help=f"Gin files (relative to gin/). Default: {model}."
     )
+    parser.add_argument("--verbose", action="store_true", help="Every library's INFO lines too.")
     if mesh:
         parser.add_argument("--mesh", default=mesh, help="Mesh rule table (relative to gin/).")
     rest, bindings = split_gin_args(sys.argv[1:] if argv is None else argv)

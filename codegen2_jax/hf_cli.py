@@ -19,6 +19,9 @@ through these files. See hf.py for what mp_num means.
 
 from __future__ import annotations
 
+from codegen2_jax import console  # first: native libraries read their log levels at load
+
+# isort: split
 import argparse
 import dataclasses
 import json
@@ -31,6 +34,8 @@ from flax import serialization
 
 from codegen2_jax import hf
 from codegen2_jax.model.config import TransformerConfig
+
+logger = logging.getLogger(__name__)
 
 
 def save_params(params: dict, config: TransformerConfig, path: str | pathlib.Path) -> None:
@@ -53,7 +58,11 @@ def load_params(path: str | pathlib.Path) -> tuple[dict, TransformerConfig]:
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="codegen2-hf", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
-    imp = commands.add_parser("import", help="HF checkpoint directory -> msgpack params + json")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--verbose", action="store_true", help="every library's INFO lines too")
+    imp = commands.add_parser(
+        "import", parents=[common], help="HF checkpoint directory -> msgpack params + json"
+    )
     imp.add_argument("--hf_dir", required=True, help="directory with config.json and weights")
     imp.add_argument("--out", required=True, help="params file to write (.msgpack)")
     imp.add_argument(
@@ -65,7 +74,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         default=True,
         help="stacked layer parameters (nn.scan layout)",
     )
-    exp = commands.add_parser("export", help="training checkpoint -> HF checkpoint directory")
+    exp = commands.add_parser(
+        "export", parents=[common], help="training checkpoint -> HF checkpoint directory"
+    )
     source = exp.add_mutually_exclusive_group(required=True)
     source.add_argument("--checkpoint_dir", help="a training Checkpointer directory")
     source.add_argument("--params", help="params file written by import (.msgpack)")
@@ -88,7 +99,7 @@ def export_trained(args: argparse.Namespace) -> str:
 
     trained = trained_model.load(args.checkpoint_dir, args.step)
     if trained.prefix_prompt:
-        logging.warning(
+        logger.warning(
             "step %d was trained as a prefix-LM; transformers runs the export causally",
             trained.step,
         )
@@ -112,6 +123,7 @@ def export_trained(args: argparse.Namespace) -> str:
 def main(argv: Sequence[str] | None = None) -> None:
     """Entry point of the codegen2-hf console script."""
     args = parse_args(argv)
+    console.configure(args.verbose)
     if args.command == "import":
         params, config = hf.import_checkpoint(
             args.hf_dir, mp_num=args.mp_num, scan_layers=args.scan_layers

@@ -13,6 +13,9 @@ DIR/results.json, results.md and results.png set the measurements beside the pap
 
 from __future__ import annotations
 
+from codegen2_jax import console  # first: native libraries read their log levels at load
+
+# isort: split
 import argparse
 import dataclasses
 import logging
@@ -30,6 +33,8 @@ from codegen2_jax import (
 )
 from codegen2_jax.lessons_eval import EvalSettings
 from codegen2_jax.lessons_report import Claim, Lesson
+
+logger = logging.getLogger(__name__)
 
 ARMS = {
     name: f"experiments/lessons/{name}.gin"
@@ -225,7 +230,7 @@ def train_arm(arm_jobs: sweep.Sweep, out: str) -> list[str]:
 def job_metrics(model_dir: str, last: dict[str, float], scale: Scale, seed: int) -> dict:
     """A finished job's losses (`last`: its final metrics) and sampling metrics; {} if it failed."""
     if not _finished(model_dir):
-        logging.error("no final metrics in %s: see its train.log", model_dir)
+        logger.error("no final metrics in %s: see its train.log", model_dir)
         return {}
     with open(os.path.join(model_dir, "config.gin"), encoding="utf-8") as f:
         config = f.read()
@@ -233,7 +238,7 @@ def job_metrics(model_dir: str, last: dict[str, float], scale: Scale, seed: int)
     for name, macro in LOSS_TASK_MACROS.items():
         task = gin_config.saved_macro(config, macro)
         if task is None:
-            logging.error("%s/config.gin sets no %s: %s is not reported", model_dir, macro, name)
+            logger.error("%s/config.gin sets no %s: %s is not reported", model_dir, macro, name)
         elif (key := f"eval/{task}/loss") in last:
             losses[name] = last[key]
     return losses | lessons_eval.evaluate_job(model_dir, scale.evaluation, seed)
@@ -256,7 +261,7 @@ def run(
             job_metrics(d, last, scale, seed)
             for seed, (d, (_, last)) in enumerate(zip(dirs, finals, strict=True))
         ]
-        logging.info("%s: evaluated in %.0f s", arm, time.monotonic() - start)
+        logger.info("%s: evaluated in %.0f s", arm, time.monotonic() - start)
         per_arm[arm] = [r for r in runs if r]
         steps |= {step for step, _ in finals} - {None}
     meta = {
@@ -285,6 +290,7 @@ def _parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, list[tuple[str
     parser.add_argument("--out", required=True, help="job dirs and results")
     parser.add_argument("--stdlib_infill", type=int, help="held-out functions (scale's default)")
     parser.add_argument("--humaneval_infill", type=int, help="HumanEval infill tasks")
+    parser.add_argument("--verbose", action="store_true", help="every library's INFO lines too")
     rest, bindings = gin_config.split_gin_args(list(argv))
     args = parser.parse_args(rest)
     unknown = set(args.lessons.split(",")) - {str(n) for n in LESSONS}
@@ -305,18 +311,11 @@ def _scale(args: argparse.Namespace) -> Scale:
 def main(argv: Sequence[str] | None = None) -> int:
     """Runs the lessons; exits 1 when an arm has no finished job."""
     args, extra = _parse_args(sys.argv[1:] if argv is None else argv)
+    console.configure(args.verbose)
     lessons = sorted({int(n) for n in args.lessons.split(",")})
     document = run(lessons, _scale(args), args.seeds, os.path.abspath(args.out), extra)
     return 1 if any(not document["arms"].get(arm) for arm in arms_of(lessons)) else 0
 
 
-def _configure_logging() -> None:
-    # force: importing absl (through jax) has already given the root logger a handler;
-    # orbax's per-restore INFO lines, through absl's logger, would bury the progress lines.
-    logging.basicConfig(level=logging.INFO, format="[lessons] %(message)s", force=True)
-    logging.getLogger("absl").setLevel(logging.WARNING)
-
-
 if __name__ == "__main__":
-    _configure_logging()
     sys.exit(main())

@@ -16,16 +16,22 @@ of them resumes from the last checkpoint.
 
 from __future__ import annotations
 
+from codegen2_jax import console  # first: native libraries read their log levels at load
+
+# isort: split
 import gc
 import json
+import logging
 import os
 import sys
 
 import gin
 import jax
-from absl import app, flags, logging
+from absl import app, flags
 
 from codegen2_jax import gin_config, train
+
+logger = logging.getLogger(__name__)
 
 FLAGS = flags.FLAGS
 flags.DEFINE_multi_string("gin_file", [], "Gin files, relative to gin/ or absolute.")
@@ -44,6 +50,7 @@ flags.DEFINE_integer(
 flags.DEFINE_integer(
     "shutdown_timeout_s", 60, "How long a finished process waits for the others at exit."
 )
+flags.DEFINE_bool("verbose", False, "Every library's INFO lines too (orbax, seqio, jax, ...).")
 
 
 def initialize_distributed() -> None:
@@ -71,11 +78,11 @@ def initialize_distributed() -> None:
     elif os.environ.get("TPU_WORKER_HOSTNAMES", "").count(",") > 0:
         # Multi-host TPU slice: peers come from the metadata server.
         jax.distributed.initialize(**timeouts)
-    logging.info("process %d of %d", jax.process_index(), jax.process_count())
     if jax.process_count() > 1:
+        logger.info("process %d of %d", jax.process_index(), jax.process_count())
         # When process 0 dies, jax.distributed ends the others at once with its own message,
         # which calls process 0 "the leader task".
-        logging.info("process 0 runs the coordination service ('the leader task' in its errors)")
+        logger.info("process 0 runs the coordination service ('the leader task' in its errors)")
 
 
 def write_config(model_dir: str, text: str) -> None:
@@ -91,6 +98,7 @@ def main(argv):
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     if not FLAGS.gin_file:
         raise app.UsageError("--gin_file is required, e.g. --gin_file=experiments/demo_cpu.gin")
+    console.configure(FLAGS.verbose)
     initialize_distributed()
     import tasks  # noqa: F401  (registers the seqio tasks and mixtures the gin files name)
 
@@ -104,7 +112,7 @@ def main(argv):
     summary = gin_config.configured(train.train)(config_text=text)
     if summary is None:  # the run was already finished: its results stay as they are
         return
-    logging.info("finished: %s", {k: round(v, 4) for k, v in sorted(summary.items())})
+    logger.info("finished: %s", {k: round(v, 4) for k, v in sorted(summary.items())})
     if jax.process_index() == 0:
         with open(os.path.join(model_dir, "final_metrics.json"), "w", encoding="utf-8") as f:
             json.dump(summary, f, indent=1, sort_keys=True)

@@ -6,12 +6,14 @@ import dataclasses
 import json
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 import jax
 from etils import epath
 
 from codegen2_jax.model import TransformerConfig
+
+logger = logging.getLogger(__name__)
 
 PEAK_FLOPS = {"gpu": 989e12}  # H100 / H200 bf16 dense (the MFU definition in README.md)
 
@@ -114,7 +116,7 @@ def read_metrics(model_dir: str) -> dict[int, dict[str, float]]:
                 record = json.loads(line)
             except json.JSONDecodeError:
                 # A process killed mid-write leaves a torn line; its resumed run logs it again.
-                logging.warning("%s:%d: skipping a torn line", path, number)
+                logger.warning("%s:%d: skipping a torn line", path, number)
                 continue
             by_step.setdefault(record.pop("step"), {}).update(record)
     return by_step
@@ -122,37 +124,56 @@ def read_metrics(model_dir: str) -> dict[int, dict[str, float]]:
 
 @dataclasses.dataclass
 class Progress:
-    """Turns step timestamps into tokens/s, MFU and ETA, and prints the progress line."""
+    """Turns step timestamps into tokens/s, MFU and ETA, and prints the progress line.
+
+    The figures of an update cover the steps since the clock last started or updated; the
+    training loop restarts it after what it leaves out (compilation, evaluations).
+    """
 
     config: TransformerConfig
     seq_len: int
     tokens_per_step: int
     total_steps: int
+    clock: Callable[[], float] = time.perf_counter
     _last_step: int = -1
     _last_time: float = 0.0
 
-    def start(self, step: int) -> None:
-        self._last_step, self._last_time = step, time.perf_counter()
+    def start(self, step: int) -> float:
+        """(Re)starts the clock at step; returns the seconds since it last started or updated."""
+        now = self.clock()
+        elapsed = now - self._last_time
+        self._last_step, self._last_time = step, now
+        return elapsed
 
     def update(self, step: int, scalars: Mapping[str, float]) -> dict[str, float]:
-        """Adds throughput figures for the steps since the last update and logs the line."""
-        now = time.perf_counter()
-        steps_done = max(step - self._last_step, 1)
+        """Adds throughput figures for the steps since the last start or update; logs the line.
+
+        At the step the clock started at, no step is timed: the line has the loss only.
+        """
+        now = self.clock()
+        steps_done = step - self._last_step
+        out = dict(scalars)
+        if steps_done <= 0:
+            logger.info(self.line(step, out, None))
+            return out
         seconds_per_step = (now - self._last_time) / steps_done
         self._last_step, self._last_time = step, now
-        tokens_per_s = self.tokens_per_step / seconds_per_step
+        tokens_per_s = self.tokens_per_step / max(seconds_per_step, 1e-9)
         mfu = model_flops_utilization(self.config, self.seq_len, tokens_per_s)
-        out = dict(scalars, tokens_per_s=tokens_per_s, seconds_per_step=seconds_per_step)
+        out.update(tokens_per_s=tokens_per_s, seconds_per_step=seconds_per_step)
         if mfu is not None:
             out["mfu"] = mfu
-        logging.info(self.line(step, out, (self.total_steps - step) * seconds_per_step))
+        logger.info(self.line(step, out, (self.total_steps - step) * seconds_per_step))
         return out
 
-    def line(self, step: int, scalars: Mapping[str, float], eta_s: float) -> str:
+    def line(self, step: int, scalars: Mapping[str, float], eta_s: float | None) -> str:
+        head = f"step {step}/{self.total_steps} | loss {scalars['loss']:.4f}"
+        if eta_s is None:
+            return head
         mfu = f"{100 * scalars['mfu']:.1f}%" if "mfu" in scalars else "n/a"
         return (
-            f"step {step}/{self.total_steps} | loss {scalars['loss']:.4f} | "
-            f"{scalars['tokens_per_s']:,.0f} tok/s | MFU {mfu} | ETA {format_duration(eta_s)}"
+            f"{head} | {scalars['tokens_per_s']:,.0f} tok/s | MFU {mfu} | "
+            f"ETA {format_duration(eta_s)}"
         )
 
 

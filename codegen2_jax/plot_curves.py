@@ -6,6 +6,9 @@ python -m codegen2_jax.plot_curves --model_dir=runs/demo [--out=runs/demo/loss_c
 
 from __future__ import annotations
 
+from codegen2_jax import console  # first: native libraries read their log levels at load
+
+# isort: split
 import argparse
 import os
 import sys
@@ -60,7 +63,9 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model_dir", required=True, help="The run's MODEL_DIR.")
     parser.add_argument("--out", help="PNG path (default: MODEL_DIR/loss_curves.png).")
+    parser.add_argument("--verbose", action="store_true", help="Every library's INFO lines too.")
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    console.configure(args.verbose)
     out = plot(args.model_dir, args.out or os.path.join(args.model_dir, "loss_curves.png"))
     print(final_losses_table(loss_series(args.model_dir)))
     print(f"loss curves: {out}")

@@ -9,12 +9,19 @@ trained_model describes: its model, its tokenizer, and a prefix-LM reads its pro
 bidirectional prefix. Every prompt starts with the input that tokenizer's documents followed
 in training (its decoder_start_id). An imported Hugging Face CodeGen / CodeGen2 directory
 (config.json plus weights) describes itself; its tokenizer.json is used with --hf_tokenizer
-(read offline, without TensorFlow), otherwise the shipped code vocabulary. Prints one JSON line
-per sample.
+(read offline, without TensorFlow), otherwise the shipped code vocabulary.
+
+Prints each sample's text: the prompt and its completion, or the prefix, the middle and the
+suffix, which is how the code reads (a line `--- sample I/N` before each of several samples).
+With --json: one JSON line per sample, its parts apart ({prompt, completion} or {prefix,
+suffix, middle}).
 """
 
 from __future__ import annotations
 
+from codegen2_jax import console  # first: native libraries read their log levels at load
+
+# isort: split
 import argparse
 import dataclasses
 import json
@@ -47,6 +54,8 @@ def make_parser() -> argparse.ArgumentParser:
     parser.add_argument("--num_samples", type=int, default=1)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--dtype", help="Compute dtype (default: the model's).")
+    parser.add_argument("--json", action="store_true", help="One JSON line per sample.")
+    parser.add_argument("--verbose", action="store_true", help="Every library's INFO lines too.")
     return parser
 
 
@@ -125,10 +134,26 @@ def run(args: argparse.Namespace) -> list[dict]:
     return [{"prefix": segments[0], "suffix": segments[1], "middle": f[0]} for f in fills]
 
 
+def text(record: dict) -> str:
+    """A sample as the code reads: prompt and completion, or prefix, middle and suffix."""
+    if "completion" in record:
+        return record["prompt"] + record["completion"]
+    return record["prefix"] + record["middle"] + record["suffix"]
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     """Console entry point (codegen2-sample)."""
-    for record in run(make_parser().parse_args(argv)):
-        print(json.dumps(record), flush=True)
+    args = make_parser().parse_args(argv)
+    console.configure(args.verbose)
+    records = run(args)
+    for i, record in enumerate(records, 1):
+        if args.json:
+            print(json.dumps(record), flush=True)
+            continue
+        if len(records) > 1:
+            print(f"--- sample {i}/{len(records)}")
+        sample = text(record)
+        print(sample, end="" if sample.endswith("\n") else "\n", flush=True)
 
 
 if __name__ == "__main__":

@@ -15,6 +15,9 @@ compiling call.
 
 from __future__ import annotations
 
+from codegen2_jax import console  # first: native libraries read their log levels at load
+
+# isort: split
 import argparse
 import json
 import statistics
@@ -103,6 +106,7 @@ def report(config, batch, prompt_len, new_tokens, seconds, first_s, times) -> di
 def main(argv: list[str] | None = None) -> None:
     """Console entry point: `--gin.NAME=VALUE` arguments become gin bindings."""
     args = gin_config.parse_tool_args(make_parser(), argv, model=DEFAULT_GIN_FILE)
+    console.configure(args.verbose)
     config = gin_config.configured(TransformerConfig)()
     params = random_params(config)
     for batch in args.batch or [1, 32]:

@@ -22,6 +22,9 @@ quotes. Headers come before the first job. Each job trains into ROOT/<sweep>/<sl
 
 from __future__ import annotations
 
+from codegen2_jax import console  # first: native libraries read their log levels at load
+
+# isort: split
 import argparse
 import dataclasses
 import hashlib
@@ -35,6 +38,8 @@ import time
 from collections.abc import Callable, Sequence
 
 from codegen2_jax import gin_config, sweep_summary
+
+logger = logging.getLogger(__name__)
 
 REPO_ROOT = gin_config.GIN_DIR.parent
 HEADER = re.compile(r"^(?P<key>[A-Za-z_]+)\s*:\s*(?P<value>.*)$")
@@ -271,12 +276,12 @@ def run_jobs(
     results = []
     for index, job in enumerate(sweep.jobs, 1):
         job_dir = model_dir(root, sweep, job)
-        logging.info("job %d/%d (line %d): %s", index, len(sweep.jobs), job.line, job_dir)
+        logger.info("job %d/%d (line %d): %s", index, len(sweep.jobs), job.line, job_dir)
         start = time.monotonic()
         returncode = _run(command(sweep, job, job_dir), job_dir, log_file)
         seconds = time.monotonic() - start
         status = "finished" if returncode == 0 else f"failed (exit {returncode})"
-        logging.info("job %d/%d: exit %d after %.0f s", index, len(sweep.jobs), returncode, seconds)
+        logger.info("job %d/%d: exit %d after %.0f s", index, len(sweep.jobs), returncode, seconds)
         results.append(sweep_summary.JobResult(job_dir, status, seconds))
     return results
 
@@ -310,6 +315,7 @@ def _parse_args(argv: Sequence[str]) -> argparse.Namespace:
     parser.add_argument("--run_script", default=str(REPO_ROOT / "launch" / "run.sh"))
     parser.add_argument("--dry_run", action="store_true", help="tpu: print gcloud commands")
     parser.add_argument("--babysit", action="store_true", help="tpu: relaunch after preemption")
+    parser.add_argument("--verbose", action="store_true", help="every library's INFO lines too")
     args = parser.parse_args(argv)
     if args.runner != "tpu" and (args.dry_run or args.babysit):
         parser.error("--dry_run and --babysit are for the tpu runner")
@@ -319,11 +325,11 @@ def _parse_args(argv: Sequence[str]) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> int:
     """Runs or tabulates a sweep; exits 1 when a job failed or the file is wrong."""
     args = _parse_args(sys.argv[1:] if argv is None else argv)
-    logging.basicConfig(level=logging.INFO, format="[sweep] %(message)s")
+    console.configure(args.verbose)
     try:
         sweep = load(args.sweep_file)
     except SweepError as e:
-        logging.error("%s", e)
+        logger.error("%s", e)
         return 1
     if args.runner == "summary":
         results = sweep_summary.from_dirs([model_dir(args.root, sweep, j) for j in sweep.jobs])
@@ -333,7 +339,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         command = tpu_command(args.run_script, dry_run=args.dry_run, babysit=args.babysit)
         results = run_jobs(sweep, args.root, command)
     if args.dry_run:
-        logging.info("dry run: no summary")
+        logger.info("dry run: no summary")
         return 0
     table = sweep_summary.write(sweep, results, summary_dir(args.root, sweep), args.metrics)
     print(table)

@@ -18,6 +18,8 @@ from codegen2_jax.evaluation.perplexity import Evaluator
 from codegen2_jax.model import Decoder, TransformerConfig
 from codegen2_jax.partitioning import Partitioner
 
+logger = logging.getLogger(__name__)
+
 
 class NonFiniteTrainingError(RuntimeError):
     """Too many consecutive updates had a non-finite loss or gradient."""
@@ -82,6 +84,7 @@ def train(
     """
     if use_cached:
         cache.require_cached([train_task, *eval_tasks], cache_dir)
+    _log_header(train_task, model_config, batch_size, seq_len, total_steps, partitioner, model_dir)
     checkpoint_dir = os.path.join(model_dir, "checkpoints")
     vocabulary = pipeline.task_vocabulary(train_task)
     _record_vocabulary(checkpoint_dir, vocabulary, model_config)
@@ -161,13 +164,46 @@ def train(
                     )
                 return loop.run(state)
         except Exception:
-            logging.exception("training failed; first checking whether a process was lost")
+            logger.exception("training failed; first checking whether a process was lost")
             dog.settle()  # a lost process explains the error: it is named, and aborts, here
             raise
         finally:
             with dog.slow_op("the last checkpoint commit"):
                 loop.writer.close()
                 checkpointer.close()
+
+
+def _log_header(task, model_config, batch_size, seq_len, total_steps, partitioner, model_dir):
+    """What runs and where: the console's first lines."""
+    mesh = partitioner.mesh
+    axes = " x ".join(f"{name} {size}" for name, size in mesh.shape.items())
+    devices, processes = mesh.devices.size, jax.process_count()
+    logger.info(
+        "train %s for %d steps: %s parameters, batch %d x %d tokens",
+        task,
+        total_steps,
+        _short_count(model_config.num_params()),
+        batch_size,
+        seq_len,
+    )
+    logger.info(
+        "mesh %s over %d %s device%s, %d process%s",
+        axes,
+        devices,
+        mesh.devices.flat[0].device_kind,
+        "s" * (devices > 1),
+        processes,
+        "es" * (processes > 1),
+    )
+    logger.info("MODEL_DIR %s", model_dir)
+
+
+def _short_count(n: int) -> str:
+    """9430000 -> '9.43M'."""
+    for scale, suffix in ((1e12, "T"), (1e9, "B"), (1e6, "M"), (1e3, "K")):
+        if n >= scale:
+            return f"{n / scale:.3g}{suffix}"
+    return str(n)
 
 
 def _record_vocabulary(checkpoint_dir: str, vocabulary, model_config: TransformerConfig) -> None:
@@ -182,7 +218,7 @@ def _record_vocabulary(checkpoint_dir: str, vocabulary, model_config: Transforme
             f"VOCAB_SIZE {model_config.vocab_size} is smaller than the tokenizer's {size} ids"
         )
     if model_config.vocab_size > size:
-        logging.warning(
+        logger.warning(
             "VOCAB_SIZE %d is larger than the tokenizer's %d ids: %d embedding rows stay unused",
             model_config.vocab_size,
             size,
@@ -209,14 +245,14 @@ def _check_hf_architecture(hf_dir: str, model_config: TransformerConfig) -> None
 def _initial_state(init_from_hf, model, optimizer, shape, partitioner, seed, abstract, shardings):
     """Step 0: the weights of init_from_hf with a fresh optimizer state, else a random init."""
     if not init_from_hf:
-        logging.info("no checkpoint in the model directory: random initialisation (seed %d)", seed)
+        logger.info("fresh start: random initialisation (seed %d)", seed)
         return train_state.init_train_state(
             model, optimizer, shape, partitioner, seed, shardings=shardings
         )
     _check_hf_architecture(init_from_hf, model.config)
     params, _ = hf.import_checkpoint(init_from_hf, scan_layers=model.config.scan_layers)
     state = train_state.train_state_from_params(params, abstract, optimizer, partitioner, shardings)
-    logging.info("no checkpoint in the model directory: weights from INIT_FROM_HF %s", init_from_hf)
+    logger.info("fresh start: weights from INIT_FROM_HF %s", init_from_hf)
     return state
 
 
@@ -225,10 +261,8 @@ def _restore_or_init(checkpointer, data, abstract, shardings, init: Callable, in
     restored = checkpointer.restore_latest(abstract, shardings)
     if restored is None:
         return init()
-    if init_from_hf:
-        logging.info(
-            "resuming from step %d: INIT_FROM_HF %s is not used", restored.step, init_from_hf
-        )
+    unused = f" (INIT_FROM_HF {init_from_hf} is not used)" if init_from_hf else ""
+    logger.info("resumed from step %d%s", restored.step, unused)
     data.restore_position(restored.data_position)
     return restored.state
 
@@ -272,7 +306,8 @@ class Loop:
     """The training loop's control flow, separate from how its parts are built.
 
     Step metrics are read one step behind, after the next step is dispatched, so the host
-    never waits for the device except at log, eval and checkpoint boundaries.
+    never waits for the device except at log, eval and checkpoint boundaries, and after the
+    first step: its call compiles, so throughput (tokens/s, MFU, ETA) counts from its end.
     """
 
     step_fn: Callable
@@ -290,7 +325,7 @@ class Loop:
     def run(self, state) -> dict[str, float] | None:
         step = int(state.step)
         if step >= self.total_steps:
-            logging.warning(
+            logger.warning(
                 "the run is already finished: its checkpoint holds step %d of %d; nothing to "
                 "do (raise TRAIN_STEPS to train on)",
                 step,
@@ -301,10 +336,19 @@ class Loop:
         self.progress.start(step)
         summary, window, previous, evaluated = {}, [], None, {}
         # Steps finish one behind their dispatch; the first also compiles.
-        self.watchdog.expect(f"step {step + 1} (with compilation)", self.watchdog.slow_op_timeout_s)
+        first = step + 1
+        self.watchdog.expect(f"step {first} (with compilation)", self.watchdog.slow_op_timeout_s)
         while step < self.total_steps and not stop.received:
             state, step_metrics = self.step_fn(state, self.next_batch())
             step += 1
+            if step == first:
+                jax.block_until_ready(step_metrics)
+                seconds = self.progress.start(step)
+                logger.info(
+                    "step %d done in %.1f s, compilation included (throughput counts from here)",
+                    step,
+                    seconds,
+                )
             if previous is not None:
                 self._check_finite(step - 1, previous)
                 self.watchdog.expect(f"step {step}")
@@ -335,7 +379,7 @@ class Loop:
     def _check_finite(self, step: int, step_metrics) -> None:
         skips = int(step_metrics["consecutive_skips"])
         if skips:
-            logging.warning("step %d: non-finite loss or gradient, update skipped", step)
+            logger.warning("step %d: non-finite loss or gradient, update skipped", step)
         if skips >= self.max_consecutive_skips:
             raise NonFiniteTrainingError(
                 f"{skips} consecutive non-finite updates ending at step {step}; "
@@ -359,9 +403,25 @@ class Loop:
             results = evaluation.run(state.params)
         self.progress.start(step)  # throughput and ETA leave evaluations out
         self.writer.write_scalars(step, results)
-        for name, value in sorted(results.items()):
-            logging.info("step %d | %s %.4f", step, name, value)
+        for line in _result_lines(results):
+            logger.info("step %d | %s", step, line)
         return results
+
+
+def _result_lines(results: dict[str, float]) -> list[str]:
+    """Console lines of evaluation results: one per held-out task, one per other result.
+
+    {"eval/t/loss": 2.0, "eval/t/perplexity": 7.389, "humaneval/pass@1": 0.125} gives
+    "eval/t loss 2.0000 perplexity 7.3890" and "humaneval/pass@1 0.1250".
+    """
+    lines: dict[str, list[str]] = {}
+    for name, value in sorted(results.items()):
+        task, _, metric = name.rpartition("/")
+        if name.startswith("eval/") and task.count("/") == 1:
+            lines.setdefault(task, [task]).append(f"{metric} {value:.4f}")
+        else:
+            lines[name] = [f"{name} {value:.4f}"]
+    return [" ".join(parts) for parts in lines.values()]
 
 
 class _StopOnSigterm:
@@ -373,5 +433,5 @@ class _StopOnSigterm:
 
     def _handle(self, signum, frame):
         del frame
-        logging.warning("signal %d: saving a checkpoint at the current step, then stopping", signum)
+        logger.warning("signal %d: saving a checkpoint at the current step, then stopping", signum)
         self.received = True

@@ -10,12 +10,12 @@ evaluation and export all load models this way.
 from __future__ import annotations
 
 import ast
+import logging
 import re
 from typing import Any, NamedTuple
 
 import gin
 import jax
-from absl import logging
 from etils import epath
 
 from codegen2_jax import checkpointing, gin_config, partitioning, train_state
@@ -23,6 +23,8 @@ from codegen2_jax.model import Decoder, TransformerConfig
 
 MODEL_IMPORT = "from codegen2_jax.model import config"
 PREFIX_LM_OBJECTIVE = "prefix_lm"  # tasks/objectives.py's name; prompts become prefixes
+
+logger = logging.getLogger(__name__)
 
 
 def _is_model_statement(statement: str) -> bool:
@@ -118,6 +120,6 @@ def load(directory: str, step: int | None = None) -> TrainedModel:
         f"{directory.rstrip('/')}/{vocab.SAVED_VOCABULARY_DIR}"
     )
     if vocabulary is None:  # saved before training kept its tokenizer
-        logging.warning("%s keeps no tokenizer: using the shipped one", directory)
+        logger.warning("%s keeps no tokenizer: using the shipped one", directory)
         vocabulary = vocab.default_vocabulary()
     return TrainedModel(params, config, vocabulary, trained_as_prefix_lm(text), step)

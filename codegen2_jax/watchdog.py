@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import faulthandler
+import logging
 import os
 import sys
 import threading
@@ -27,16 +28,18 @@ from collections.abc import Callable, Iterator
 from typing import NoReturn
 
 import jax
-from absl import logging
 
 # EX_TEMPFAIL: a temporary failure, so a babysitter relaunches and the run resumes.
 EXIT_CODE = 75
 _KEY_PREFIX = "codegen2_jax/heartbeat/"
+_WARN_EVERY_S = 10.0  # at most one "heartbeat failed" line per this many seconds
+
+logger = logging.getLogger(__name__)
 
 
 def abort(message: str) -> NoReturn:
     """Logs message, dumps every thread's Python stack to stderr and exits at once."""
-    logging.error("%s", message)
+    logger.error("%s", message)
     print(f"FATAL: {message}", file=sys.stderr, flush=True)
     faulthandler.dump_traceback(all_threads=True)  # where the main thread was stuck
     os._exit(EXIT_CODE)
@@ -76,6 +79,7 @@ class Heartbeats:
         self._lock = threading.Lock()  # guards _peers and _answered
         self._beat_lock = threading.Lock()  # one beat at a time, so the last state set wins
         self._stopped = threading.Event()
+        self._warned = -float("inf")  # when a failed beat was last logged
         self._thread = threading.Thread(target=self._run, name="heartbeats", daemon=True)
 
     def start(self) -> None:
@@ -142,7 +146,9 @@ class Heartbeats:
             try:
                 self.beat()
             except Exception as e:  # the coordinator may be gone; silent() reports it
-                logging.log_every_n_seconds(logging.WARNING, "heartbeat failed: %s", 10, e)
+                if self._clock() - self._warned >= _WARN_EVERY_S:
+                    self._warned = self._clock()
+                    logger.warning("heartbeat failed: %s", e)
 
 
 class Watchdog:

@@ -174,7 +174,7 @@ def test_resuming_wins_over_init_from_hf(tmp_path, hf_dir, corpus_dir, caplog):
     _train(_bindings(run, hf_dir, corpus_dir, 6))
     caplog.set_level(logging.INFO)
     _train(_bindings(run, hf_dir, corpus_dir, 8))
-    assert f"resuming from step 6: INIT_FROM_HF {hf_dir} is not used" in caplog.text
+    assert f"resumed from step 6 (INIT_FROM_HF {hf_dir} is not used)" in caplog.text
     assert sorted(metrics.read_metrics(run)) == list(range(1, 9))
 
 

@@ -317,12 +317,27 @@ def test_cli_completes_and_infills_from_a_training_checkpoint(tmp_path, capsys):
         checkpointer.save(7, state, b"", gin.config_str())
     common = ["--checkpoint_dir", str(tmp_path), "--max_new_tokens", "5"]
     sample_cli.main([*common, "--prompt", "def add(a, b):"])
+    completion = capsys.readouterr().out  # the code, for people
+    assert completion.startswith("def add(a, b):") and completion.endswith("\n")
     sample_cli.main(
-        [*common, "--prefix", "def f(x):\n", "--suffix", "    return y\n", "--temperature", "0.8"]
+        [*common, "--json", "--prefix", "def f(x):\n", "--suffix", "    return y\n"]
+        + ["--temperature", "0.8"]
     )
-    completion, infill = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
-    assert completion["prompt"] == "def add(a, b):" and isinstance(completion["completion"], str)
+    (infill,) = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert infill["suffix"] == "    return y\n" and isinstance(infill["middle"], str)
+
+
+def test_cli_prints_each_samples_code_or_with_json_its_parts(monkeypatch, capsys):
+    fills = [{"prefix": "def f(", "suffix": "):\n", "middle": m} for m in ("x", "a, b")]
+    monkeypatch.setattr(sample_cli, "run", lambda args: fills)
+    args = ["--checkpoint_dir", "unused", "--prefix", "def f(", "--suffix", "):\n"]
+    sample_cli.main(args)
+    assert capsys.readouterr().out == "--- sample 1/2\ndef f(x):\n--- sample 2/2\ndef f(a, b):\n"
+    sample_cli.main([*args, "--json"])
+    assert [json.loads(line) for line in capsys.readouterr().out.splitlines()] == fills
+    monkeypatch.setattr(sample_cli, "run", lambda args: [{"prompt": "x =", "completion": " 1"}])
+    sample_cli.main(["--checkpoint_dir", "unused", "--prompt", "x ="])
+    assert capsys.readouterr().out == "x = 1\n"
 
 
 def _save_character_tokenizer(directory):
@@ -350,7 +365,7 @@ def test_cli_infills_with_an_hf_checkpoint_and_its_tokenizer(params, tmp_path, c
     assert (vocab.eos_id, vocab.sep_id, vocab.eom_id, vocab.mask_id(1)) == (0, 1, 2, 3)
     assert vocab.decode(vocab.encode("x = 1")) == "x = 1"
     args = ["--hf_dir", str(tmp_path), "--hf_tokenizer", "--max_new_tokens", "4"]
-    sample_cli.main([*args, "--prefix", "def f(", "--suffix", "):", "--num_samples", "2"])
+    sample_cli.main([*args, "--json", "--prefix", "def f(", "--suffix", "):", "--num_samples", "2"])
     records = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert [r["prefix"] for r in records] == ["def f(", "def f("]
     assert records[0]["middle"] == records[1]["middle"]  # greedy: both samples agree

@@ -13,6 +13,9 @@ and then from the cache, in the same process, and their ratio. "tokens_per_s" co
 non-padding tokens of the packed batches; "slots_per_s" counts every position.
 """
 
+from codegen2_jax import console  # first: native libraries read their log levels at load
+
+# isort: split
 import argparse
 import importlib
 import json
@@ -98,7 +101,9 @@ def main(argv=None) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--cache_dir", help="also measure --task read from this offline cache")
     parser.add_argument("--gin_bindings", action="append", default=[], help="e.g. data roots")
+    parser.add_argument("--verbose", action="store_true", help="every library's INFO lines too")
     args = parser.parse_args(argv)
+    console.configure(args.verbose)
     if args.module:
         importlib.import_module(args.module)
     gin.parse_config(args.gin_bindings)

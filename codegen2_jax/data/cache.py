@@ -20,6 +20,9 @@ stops it before any work when a task has no finished cache there, or one made wi
 tokenizer than the run's.
 """
 
+from codegen2_jax import console  # first: native libraries read their log levels at load
+
+# isort: split
 import logging
 import os
 import re
@@ -29,6 +32,8 @@ from collections.abc import Iterable, Sequence
 import seqio
 
 from codegen2_jax.data import pipeline, vocab
+
+logger = logging.getLogger(__name__)
 
 
 def cached_tasks(names: Iterable[str]) -> list[str]:
@@ -77,7 +82,7 @@ def _keep_tokenizer(name: str, task_cache_dir: str, *, save: bool) -> None:
     """Checks a task's cache against the run's tokenizer; keeps it with a new cache (save)."""
     directory = _vocabulary_dir(task_cache_dir)
     if not save and vocab.load_saved_vocabulary(directory) is None:
-        logging.warning("%s keeps no tokenizer (not cached by this command): unchecked", name)
+        logger.warning("%s keeps no tokenizer (not cached by this command): unchecked", name)
     vocab.keep_vocabulary(
         pipeline.task_vocabulary(name),
         directory,
@@ -115,6 +120,7 @@ def main() -> None:
 
     from codegen2_jax import gin_config
 
+    flags.DEFINE_bool("verbose", False, "Every library's INFO lines too (Beam, seqio, ...).")
     argv, bindings = gin_config.split_gin_args(sys.argv)
     bindings += [a.split("=", 1)[1] for a in argv if a.startswith("--gin_bindings=")]
     argv = [a for a in argv if not a.startswith("--gin_bindings=")]
@@ -128,9 +134,10 @@ def main() -> None:
     if not any(a.startswith("--module_import=") for a in argv):
         argv.append("--module_import=tasks")
     if not any(a.startswith(("--verbosity", "-v")) for a in argv):
-        argv.append("--verbosity=-1")  # Beam's and seqio's INFO lines only when asked for
+        argv.append("--verbosity=-1")  # Beam's and seqio's INFO lines only with --verbose
 
     def run(unused_argv):
+        console.configure(flags.FLAGS.verbose)
         options = flags.FLAGS.pipeline_options
         if bindings and any(o.startswith("--runner") and "DirectRunner" not in o for o in options):
             raise app.UsageError(

