@@ -125,15 +125,13 @@ def _check_on(device: jax.Device, shards: list[_Shard], num_leaves: int) -> jax.
     """
     if not shards:
         return jax.device_put(np.zeros((1, num_leaves, 3), np.uint32), device)
-    # Its own one-device mesh: a save is called inside the training mesh's context.
-    with jax.set_mesh(jax.sharding.Mesh(np.array([device]), ("device",))):
-        return _check_device(
-            [shard.data for shard in shards],
-            np.array([shard.start for shard in shards], np.uint32),
-            rows=tuple(shard.row for shard in shards),
-            strides=tuple(shard.strides for shard in shards),
-            num_leaves=num_leaves,
-        )
+    return _check_device(
+        [shard.data for shard in shards],
+        np.array([shard.start for shard in shards], np.uint32),
+        rows=tuple(shard.row for shard in shards),
+        strides=tuple(shard.strides for shard in shards),
+        num_leaves=num_leaves,
+    )
 
 
 @jax.jit
@@ -151,8 +149,7 @@ def _sum_across_processes(checks: list[jax.Array]) -> jax.Array:
     mesh = jax.sharding.Mesh(np.array(devices), ("devices",))
     sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("devices"))
     shape = (len(devices), *checks[0].shape[1:])
-    with jax.set_mesh(mesh):
-        return _sum_over_devices(jax.make_array_from_single_device_arrays(shape, sharding, checks))
+    return _sum_over_devices(jax.make_array_from_single_device_arrays(shape, sharding, checks))
 
 
 class Fingerprints(NamedTuple):

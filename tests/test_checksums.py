@@ -1,13 +1,12 @@
 """Device digests: the same however an array is sharded, and changed by any flipped bit."""
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from codegen2_jax import checksums, partitioning
+from codegen2_jax import checksums
 
 ARRAY = np.random.default_rng(0).standard_normal((16, 8)).astype(np.float32)
 
@@ -32,15 +31,3 @@ def test_one_flipped_bit_changes_the_digest(dtype):
     flipped = array.copy()
     flipped.reshape(-1).view(np.uint8)[37] ^= 1  # bool: True <-> False
     assert digest(flipped) != digest(array)
-
-
-def test_fingerprints_are_taken_inside_the_training_mesh_context():
-    """Saves run inside partitioner.activate(): the per-device digests use their own meshes."""
-    partitioner = partitioning.make_partitioner(rules=[("activation_batch", ("data", "fsdp"))])
-    sharded = jax.device_put(
-        np.arange(64, dtype=np.float32), partitioner.sharding(("activation_batch",))
-    )
-    tree = {"sharded": sharded, "replicated": jnp.ones(3)}
-    outside = checksums.PendingFingerprints(tree).result()
-    with partitioner.activate():
-        assert checksums.PendingFingerprints(tree).result() == outside
