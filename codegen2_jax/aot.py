@@ -22,7 +22,7 @@ import sys
 import jax
 import jax.numpy as jnp
 
-from codegen2_jax import gin_config, optim, partitioning, train_state, trainer
+from codegen2_jax import batch_contract, gin_config, optim, partitioning, train_state, trainer
 from codegen2_jax.model import Decoder, TransformerConfig
 
 DEFAULT_GIN_FILE = "models/1b.gin"
@@ -71,17 +71,7 @@ def compile_train_step(
     optimizer = optim.make_optimizer()
     abstract, shardings = train_state.state_shardings(model, optimizer, (batch, seq), partitioner)
     batch_sharding = partitioner.batch_sharding()
-    features = {
-        name: jax.ShapeDtypeStruct((batch, seq), dtype, sharding=batch_sharding)
-        for name, dtype in [
-            ("decoder_input_tokens", jnp.int32),
-            ("decoder_target_tokens", jnp.int32),
-            ("decoder_loss_weights", jnp.float32),
-            ("decoder_segment_ids", jnp.int32),
-            ("decoder_positions", jnp.int32),
-            ("decoder_causal_attention", jnp.int32),
-        ]
-    }
+    features = batch_contract.abstract_batch(batch, seq, batch_sharding)
     step = jax.jit(
         trainer.make_train_step(model, optimizer, num_microbatches=microbatches),
         in_shardings=(shardings, batch_sharding),

@@ -20,9 +20,16 @@ import json
 import time
 
 import jax
-import numpy as np
 
-from codegen2_jax import gin_config, metrics, optim, partitioning, train_state, trainer
+from codegen2_jax import (
+    batch_contract,
+    gin_config,
+    metrics,
+    optim,
+    partitioning,
+    train_state,
+    trainer,
+)
 from codegen2_jax.model import Decoder, TransformerConfig
 
 DEFAULT_GIN_FILE = "models/small.gin"
@@ -42,57 +49,10 @@ def make_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--layout",
         default="causal",
-        choices=["causal", "packed", "prefix_lm"],
+        choices=batch_contract.LAYOUTS,
         help="Batch features: causal rows, packed documents, or packed prefix-LM documents.",
     )
     return parser
-
-
-def synthetic_batch(batch: int, seq: int, vocab: int, layout: str, seed: int = 0) -> dict:
-    """Random tokens in the training batch contract (int32, as the pipeline delivers them).
-
-    "causal": one document per row. "packed": documents of random lengths packed into rows
-    (geometric, mean seq / 4, the last one cut at the row's end), as the CodeGen2 mixture's
-    rows are. "prefix_lm": the same packing, each document with a bidirectional, unscored
-    prefix of uniform length in [1, n - 1] (a one-token document is all prefix), flagged as
-    ObjectiveFeatureConverter flags it.
-    """
-    rng = np.random.default_rng(seed)
-    tokens = rng.integers(0, vocab, size=(batch, seq), dtype=np.int32)
-    features = {
-        "decoder_input_tokens": tokens,
-        "decoder_target_tokens": np.roll(tokens, -1, axis=1),
-        "decoder_loss_weights": np.ones((batch, seq), np.int32),
-    }
-    if layout == "causal":
-        return features
-    rows = [_packed_row(rng, seq, prefix=layout == "prefix_lm") for _ in range(batch)]
-    segments, positions, prefix = (
-        np.stack(column).astype(np.int32) for column in zip(*rows, strict=True)
-    )
-    features["decoder_segment_ids"] = segments
-    features["decoder_positions"] = positions
-    if layout == "prefix_lm":
-        # The prefix plus the position after it, where the first scored token is predicted.
-        after = np.roll(prefix, 1, axis=1) & (np.roll(segments, 1, axis=1) == segments)
-        after[:, 0] = 0
-        features["decoder_causal_attention"] = prefix | after
-        features["decoder_loss_weights"] = 1 - prefix
-    return features
-
-
-def _packed_row(rng: np.random.Generator, seq: int, prefix: bool):
-    """(segment ids, positions, prefix flags) of one row of packed documents."""
-    segments, positions, flags = [], [], []
-    segment = 0
-    while len(segments) < seq:
-        segment += 1
-        length = min(max(int(rng.geometric(4 / seq)), 2), seq - len(segments))
-        cut = (int(rng.integers(1, length)) if length > 1 else 1) if prefix else 0
-        segments += [segment] * length
-        positions += range(length)
-        flags += [1] * cut + [0] * (length - cut)
-    return np.array(segments), np.array(positions), np.array(flags)
 
 
 def benchmark_train_step(
@@ -119,7 +79,7 @@ def benchmark_train_step(
         donate_argnums=0,
     )
     with partitioner.activate():
-        features = synthetic_batch(batch, seq, config.vocab_size, layout)
+        features = batch_contract.synthetic_batch(batch, seq, config.vocab_size, layout)
         features = jax.device_put(features, partitioner.batch_sharding())
         state, metrics = step(state, features)
         jax.block_until_ready(metrics)

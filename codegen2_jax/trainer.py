@@ -9,21 +9,15 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from codegen2_jax import losses
+from codegen2_jax import batch_contract, losses
 from codegen2_jax.train_state import TrainState
 
 Batch = Mapping[str, jax.Array]
-MODEL_FEATURES = (
-    "decoder_input_tokens",
-    "decoder_segment_ids",
-    "decoder_positions",
-    "decoder_causal_attention",
-)
 
 
 def model_inputs(batch: Batch) -> dict[str, jax.Array]:
     """The features the Decoder reads; absent packing/prefix features mean unpacked causal rows."""
-    return {name: batch[name] for name in MODEL_FEATURES if name in batch}
+    return {name: batch[name] for name in batch_contract.MODEL_INPUTS if name in batch}
 
 
 def _loss_sums(model: nn.Module, params, batch: Batch, z_loss: float):

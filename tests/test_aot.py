@@ -4,7 +4,7 @@ import json
 import subprocess
 import sys
 
-from codegen2_jax import aot, gin_config, partitioning
+from codegen2_jax import aot, batch_contract, gin_config, partitioning
 from codegen2_jax.model import TransformerConfig
 
 TINY = TransformerConfig(
@@ -22,6 +22,16 @@ def test_fsdp_divides_parameter_and_optimizer_bytes_across_devices():
     # AdamW holds two moments per parameter (plus a few scalar counters).
     assert abs(report["optimizer_bytes_per_device"] - 2 * report["param_bytes_per_device"]) < 64
     assert report["xla_temp_bytes"] > 0
+
+
+def test_compiled_step_takes_the_batch_the_pipeline_gives():
+    """int32 loss weights included: the checked program is the one training runs."""
+    gin_config.parse(["mesh/data_parallel.gin"])
+    partitioner = gin_config.configured(partitioning.make_partitioner)()
+    compiled, _, _ = aot.compile_train_step(TINY, partitioner, batch=8, seq=16)
+    (_, batch_args), _ = compiled.args_info
+    assert {name: arg.dtype for name, arg in batch_args.items()} == batch_contract.FEATURE_DTYPES
+    assert batch_args["decoder_loss_weights"].dtype == "int32"
 
 
 def test_command_simulates_a_larger_mesh_than_the_test_process():

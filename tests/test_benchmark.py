@@ -24,26 +24,6 @@ def test_benchmark_reports_throughput(layout):
     assert result["mfu_vs_989"] is None  # no peak is defined for CPUs
 
 
-def test_packed_batches_have_the_objectives_structure():
-    """Several documents per row; in prefix-LM rows each has an unscored prefix, flagged with
-    the position after it (ObjectiveFeatureConverter's layout), and scored tokens after it."""
-    batch = benchmark.synthetic_batch(4, 256, 64, "prefix_lm")
-    assert {v.dtype for v in batch.values()} == {np.dtype(np.int32)}  # as the pipeline gives
-    for row in range(4):
-        segments = batch["decoder_segment_ids"][row]
-        assert segments.max() >= 2 and (np.diff(segments) >= 0).all()
-        for segment in np.unique(segments):
-            at = segments == segment
-            flags = batch["decoder_causal_attention"][row][at]
-            weights = batch["decoder_loss_weights"][row][at]
-            cut = int((weights == 0).sum())
-            assert np.array_equal(batch["decoder_positions"][row][at], np.arange(at.sum()))
-            assert cut >= 1 and np.array_equal(weights, [0] * cut + [1] * (at.sum() - cut))
-            extra = min(cut + 1, at.sum())
-            assert np.array_equal(flags, [1] * extra + [0] * (at.sum() - extra))
-    assert "decoder_causal_attention" not in benchmark.synthetic_batch(2, 64, 64, "packed")
-
-
 def test_command_line_prints_one_json_line(capsys):
     benchmark.main(
         ["--gin_file=models/tiny.gin", "--batch=8", "--seq=16", "--steps=1", "--layout=packed"]

@@ -19,6 +19,8 @@ from collections.abc import Mapping
 import seqio
 import tensorflow as tf
 
+from codegen2_jax import batch_contract
+
 TARGETS = "targets"
 LOSS_WEIGHTS = "loss_weights"
 PREFIX_MASK = "prefix_mask"
@@ -50,9 +52,10 @@ def task_feature_lengths(length: int) -> dict[str, int]:
 class ObjectiveFeatureConverter(seqio.FeatureConverter):
     """Converts objective examples into the decoder features, packed or padded.
 
-    Model features (all int32 [length]): decoder_target_tokens, decoder_input_tokens (the
-    targets shifted right within each packed segment, bos_id first), decoder_loss_weights,
-    decoder_causal_attention and, when packing, decoder_segment_ids and decoder_positions.
+    Model features (batch_contract's names and dtypes, [length]): decoder_target_tokens,
+    decoder_input_tokens (the targets shifted right within each packed segment, bos_id
+    first), decoder_loss_weights, decoder_causal_attention and, when packing,
+    decoder_segment_ids and decoder_positions.
 
     decoder_causal_attention follows PrefixLMFeatureConverter: it covers the prefix plus
     one position to the right, where the last prefix token is read and the first scored
@@ -65,15 +68,14 @@ class ObjectiveFeatureConverter(seqio.FeatureConverter):
         name: seqio.FeatureConverter.FeatureSpec(dtype=tf.int32) for name in OBJECTIVE_FEATURES
     }
     MODEL_FEATURES = {
-        name: seqio.FeatureConverter.FeatureSpec(dtype=tf.int32)
-        for name in (
-            "decoder_target_tokens",
-            "decoder_input_tokens",
-            "decoder_loss_weights",
-            "decoder_causal_attention",
-        )
+        name: seqio.FeatureConverter.FeatureSpec(dtype=tf.as_dtype(dtype))
+        for name, dtype in batch_contract.FEATURE_DTYPES.items()
+        if name not in batch_contract.PACKING_FEATURES
     }
-    PACKING_FEATURE_DTYPES = {"decoder_segment_ids": tf.int32, "decoder_positions": tf.int32}
+    PACKING_FEATURE_DTYPES = {
+        name: tf.as_dtype(batch_contract.FEATURE_DTYPES[name])
+        for name in batch_contract.PACKING_FEATURES
+    }
 
     def _convert_features(
         self, ds: tf.data.Dataset, task_feature_lengths: Mapping[str, int]
