@@ -80,7 +80,7 @@ setuptools.setup(
     },
     entry_points={
         "console_scripts": [
-            "codegen2-train=codegen2_jax.main:run",
+            "codegen2-train=codegen2_jax.main:main",
             "codegen2-hf=codegen2_jax.hf_cli:main",
             "codegen2-aot=codegen2_jax.aot:main",
             "codegen2-bench=codegen2_jax.benchmark:main",

@@ -27,17 +27,19 @@ import datetime
 import functools
 import hashlib
 import json
+import logging
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
-from absl import logging
 from etils import epath
 from jax.experimental import multihost_utils
 
 from codegen2_jax import checksums, process_blobs
+
+logger = logging.getLogger(__name__)
 
 STATE, DATA_POSITION, MANIFEST = "state", "data_position", "manifest"
 PARAMS = "params"  # TrainState's field: restore_latest_params reads only this subtree
@@ -195,9 +197,7 @@ class Checkpointer:
         latest = self._manager.latest_step()
         if latest is None or step > latest:
             return False
-        logging.warning(
-            "not saving step %d: %s already holds step %d", step, self.directory, latest
-        )
+        logger.warning("not saving step %d: %s already holds step %d", step, self.directory, latest)
         return True
 
     def _manifest(self, step: int, state, gin_config: str) -> dict:
@@ -319,7 +319,7 @@ class Checkpointer:
             try:
                 return _agreed(functools.partial(self._read_manifest, step))["gin_config"]
             except _UnusableStep as e:
-                logging.error("checkpoint step %d in %s: %s", step, self.directory, e)
+                logger.error("checkpoint step %d in %s: %s", step, self.directory, e)
         return None
 
     def _restore_step(self, step: int, target) -> RestoredCheckpoint:
@@ -327,7 +327,7 @@ class Checkpointer:
         args = ocp.args.StandardRestore(target)
         state = self._read_verified(step, manifest["arrays"], target, args)
         data_position = _agreed(lambda: self._read_data_position(step))
-        logging.info("restored checkpoint step %d from %s", step, self.directory)
+        logger.info("restored checkpoint step %d from %s", step, self.directory)
         return RestoredCheckpoint(state, data_position, manifest["gin_config"], step)
 
     def _restore_params(self, step: int, target) -> RestoredCheckpoint:
@@ -340,7 +340,7 @@ class Checkpointer:
             partial_restore=True,
         )
         part = self._read_verified(step, saved, wanted, args)
-        logging.info("restored the parameters of step %d from %s", step, self.directory)
+        logger.info("restored the parameters of step %d from %s", step, self.directory)
         return RestoredCheckpoint(part[PARAMS], None, manifest["gin_config"], step)
 
     def _read_verified(self, step: int, saved, target, args: ocp.args.CheckpointArgs):
@@ -395,14 +395,14 @@ class Checkpointer:
         """Logs why a step is unusable and moves it aside (read-only: only logs)."""
         set_aside = self.directory / SET_ASIDE_DIR
         if self.read_only:
-            logging.error("checkpoint %s is unusable (%s); skipping it", path, reason)
+            logger.error("checkpoint %s is unusable (%s); skipping it", path, reason)
             return
-        logging.error("checkpoint %s is unusable (%s); moving it into %s", path, reason, set_aside)
+        logger.error("checkpoint %s is unusable (%s); moving it into %s", path, reason, set_aside)
         if jax.process_index() == 0:  # one process moves it; the barrier holds the others
             set_aside.mkdir(parents=True, exist_ok=True)
             destination = set_aside / f"{path.name}.{_utc_stamp()}"
             path.rename(destination)
-            logging.info("moved %s to %s", path, destination)
+            logger.info("moved %s to %s", path, destination)
         ocp.multihost.sync_global_processes(f"codegen2_jax.checkpointing:set_aside:{path.name}")
         self._manager.reload()
 

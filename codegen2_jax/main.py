@@ -19,41 +19,88 @@ from __future__ import annotations
 from codegen2_jax import console  # first: native libraries read their log levels at load
 
 # isort: split
+import argparse
 import gc
 import json
 import logging
 import os
 import sys
+from collections.abc import Sequence
 
 import gin
 import jax
-from absl import app, flags
 
 from codegen2_jax import gin_config, train
 
 logger = logging.getLogger(__name__)
 
-FLAGS = flags.FLAGS
-flags.DEFINE_multi_string("gin_file", [], "Gin files, relative to gin/ or absolute.")
-flags.DEFINE_multi_string("gin_bindings", [], "Extra gin bindings (also --gin.NAME=VALUE).")
-flags.DEFINE_string("coordinator_address", None, "host:port of process 0 (multi-process CPU/GPU).")
-flags.DEFINE_integer("num_processes", None, "Processes in the run (with coordinator_address).")
-flags.DEFINE_integer("process_id", None, "This process's index (with coordinator_address).")
-flags.DEFINE_integer(
-    "initialization_timeout_s", 300, "How long processes wait for each other at start-up."
-)
-flags.DEFINE_integer(
-    "heartbeat_timeout_s",
-    60,
-    "jax.distributed's own limit on a silent process (a backstop for train's peer_timeout_s).",
-)
-flags.DEFINE_integer(
-    "shutdown_timeout_s", 60, "How long a finished process waits for the others at exit."
-)
-flags.DEFINE_bool("verbose", False, "Every library's INFO lines too (orbax, seqio, jax, ...).")
+
+def make_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--gin_file", action="append", default=[], help="Gin files, relative to gin/ or absolute."
+    )
+    parser.add_argument(
+        "--gin_bindings",
+        action="append",
+        default=[],
+        help="Extra gin bindings (also --gin.NAME=VALUE).",
+    )
+    parser.add_argument(
+        "--verbose",
+        action="store_true",
+        help="Every library's INFO lines too (orbax, seqio, jax, ...).",
+    )
+    _add_distributed_flags(parser)
+    return parser
 
 
-def initialize_distributed() -> None:
+def _add_distributed_flags(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("multi-process runs (TPU-VM slices need none of these)")
+    group.add_argument(
+        "--coordinator_address", help="host:port of process 0 (multi-process CPU/GPU)."
+    )
+    group.add_argument(
+        "--num_processes", type=int, help="Processes in the run (with coordinator_address)."
+    )
+    group.add_argument(
+        "--process_id", type=int, help="This process's index (with coordinator_address)."
+    )
+    group.add_argument(
+        "--initialization_timeout_s",
+        type=int,
+        default=300,
+        help="How long processes wait for each other at start-up.",
+    )
+    group.add_argument(
+        "--heartbeat_timeout_s",
+        type=int,
+        default=60,
+        help="jax.distributed's own limit on a silent process (a backstop for train's "
+        "peer_timeout_s).",
+    )
+    group.add_argument(
+        "--shutdown_timeout_s",
+        type=int,
+        default=60,
+        help="How long a finished process waits for the others at exit.",
+    )
+
+
+def parse_args(parser: argparse.ArgumentParser, argv: Sequence[str]) -> argparse.Namespace:
+    """The flags, with `--gin.NAME=VALUE` arguments appended to --gin_bindings."""
+    try:
+        rest, bindings = gin_config.split_gin_args(argv)
+    except ValueError as error:
+        parser.error(str(error))
+    args = parser.parse_args(rest)
+    if not args.gin_file:
+        parser.error("--gin_file is required, e.g. --gin_file=experiments/demo_cpu.gin")
+    args.gin_bindings += bindings
+    return args
+
+
+def initialize_distributed(args: argparse.Namespace) -> None:
     """Joins the multi-process runtime: explicit flags, or TPU-VM auto-detection.
 
     Every wait on another process is bounded: start-up by initialization_timeout_s, a silent
@@ -61,18 +108,18 @@ def initialize_distributed() -> None:
     the exit barrier by shutdown_timeout_s.
     """
     timeouts = dict(
-        initialization_timeout=FLAGS.initialization_timeout_s,
-        heartbeat_timeout_seconds=FLAGS.heartbeat_timeout_s,
-        shutdown_timeout_seconds=FLAGS.shutdown_timeout_s,
+        initialization_timeout=args.initialization_timeout_s,
+        heartbeat_timeout_seconds=args.heartbeat_timeout_s,
+        shutdown_timeout_seconds=args.shutdown_timeout_s,
     )
-    if FLAGS.coordinator_address:
+    if args.coordinator_address:
         # Cross-process collectives between CPU devices (the loopback test bed) need gloo;
         # the setting is inert for accelerator devices.
         jax.config.update("jax_cpu_collectives_implementation", "gloo")
         jax.distributed.initialize(
-            FLAGS.coordinator_address,
-            num_processes=FLAGS.num_processes,
-            process_id=FLAGS.process_id,
+            args.coordinator_address,
+            num_processes=args.num_processes,
+            process_id=args.process_id,
             **timeouts,
         )
     elif os.environ.get("TPU_WORKER_HOSTNAMES", "").count(",") > 0:
@@ -93,19 +140,18 @@ def write_config(model_dir: str, text: str) -> None:
             f.write(text)
 
 
-def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    if not FLAGS.gin_file:
-        raise app.UsageError("--gin_file is required, e.g. --gin_file=experiments/demo_cpu.gin")
-    console.configure(FLAGS.verbose)
-    initialize_distributed()
+def main(argv: Sequence[str] | None = None) -> None:
+    """Console entry point (codegen2-train); argv: the arguments, None for sys.argv[1:]."""
+    parser = make_parser()
+    args = parse_args(parser, sys.argv[1:] if argv is None else argv)
+    console.configure(args.verbose)
+    initialize_distributed(args)
     import tasks  # noqa: F401  (registers the seqio tasks and mixtures the gin files name)
 
     try:
-        gin_config.parse(FLAGS.gin_file, FLAGS.gin_bindings)
+        gin_config.parse(args.gin_file, args.gin_bindings)
     except ValueError as error:  # a typo in a binding: refused before any work
-        raise app.UsageError(str(error)) from None
+        parser.error(str(error))
     model_dir = gin.query_parameter("%MODEL_DIR")
     text = gin.config_str()
     write_config(model_dir, text)
@@ -122,11 +168,5 @@ def main(argv):
     gc.freeze()
 
 
-def run():
-    """Console entry point; `--gin.NAME=VALUE` arguments become --gin_bindings."""
-    argv, bindings = gin_config.split_gin_args(sys.argv)
-    app.run(main, argv=argv + [f"--gin_bindings={binding}" for binding in bindings])
-
-
 if __name__ == "__main__":
-    run()
+    main()

@@ -113,7 +113,8 @@ def _finish(names: Sequence[str], cache_dir: str) -> None:
 
 
 def main() -> None:
-    # seqio's flags are defined when its script is imported, so import it only to run it.
+    # seqio's script defines its absl flags when it is imported and reads them as it runs:
+    # this command is that script's command line, so it alone stays on absl's flags.
     import gin
     from absl import app, flags
     from seqio.scripts import cache_tasks_main

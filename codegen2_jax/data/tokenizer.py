@@ -35,6 +35,7 @@ Special pieces (see ``codegen2_jax.data.vocab``): ``<pad>`` 0, ``<|endoftext|>``
 from codegen2_jax import console  # first: native libraries read their log levels at load
 
 # isort: split
+import argparse
 import importlib
 import io
 import logging
@@ -43,7 +44,6 @@ from collections.abc import Iterable, Iterator, Sequence
 import gin
 import sentencepiece as spm
 import tensorflow as tf
-from absl import app, flags
 from sentencepiece import sentencepiece_model_pb2
 
 from codegen2_jax.data import bpe, documents, file_patterns, vocab
@@ -183,51 +183,74 @@ def limit_bytes(texts: Iterable[str], max_total_bytes: int) -> Iterator[str]:
         yield text
 
 
-def define_flags() -> None:
-    """The command's flags; defined only when it runs, so importing the module defines none."""
-    flags.DEFINE_list("source", [], "seqio task names whose sources give `text`.")
-    flags.DEFINE_string("files", None, "Glob of text files (tf.io.gfile paths; ** is recursive).")
-    flags.DEFINE_list("module", ["tasks"], "Modules to import to register --source.")
-    flags.DEFINE_multi_string(
-        "gin_bindings", [], "Gin bindings the --source tasks read, e.g. their data roots."
+def _comma_list(text: str) -> list[str]:
+    return [item.strip() for item in text.split(",") if item.strip()]
+
+
+def make_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--source", type=_comma_list, default=[], help="seqio task names whose sources give `text`."
     )
-    flags.DEFINE_integer("vocab_size", 8192, "Total pieces, masks included.")
-    flags.DEFINE_integer("num_masks", vocab.DEFAULT_NUM_MASKS, "<mask_N> pieces.")
-    flags.DEFINE_enum(
-        "kind",
-        "sentencepiece",
-        ["sentencepiece", "byte_level_bpe"],
-        "A sentencepiece .model, or a byte-level BPE tokenizer.json in CodeGen2's layout "
+    parser.add_argument("--files", help="Glob of text files (tf.io.gfile paths; ** is recursive).")
+    parser.add_argument(
+        "--module",
+        type=_comma_list,
+        default=["tasks"],
+        help="Modules to import to register --source.",
+    )
+    parser.add_argument(
+        "--gin_bindings",
+        action="append",
+        default=[],
+        help="Gin bindings the --source tasks read, e.g. their data roots.",
+    )
+    parser.add_argument(
+        "--vocab_size", type=int, default=8192, help="Total pieces, masks included."
+    )
+    parser.add_argument(
+        "--num_masks", type=int, default=vocab.DEFAULT_NUM_MASKS, help="<mask_N> pieces."
+    )
+    parser.add_argument(
+        "--kind",
+        default="sentencepiece",
+        choices=["sentencepiece", "byte_level_bpe"],
+        help="A sentencepiece .model, or a byte-level BPE tokenizer.json in CodeGen2's layout "
         "(codegen2_jax.data.bpe), which transformers' AutoTokenizer also loads.",
     )
-    flags.DEFINE_enum("model_type", "bpe", ["bpe", "unigram"], "sentencepiece model type.")
-    flags.DEFINE_integer("max_input_bytes", 256 << 20, "Training text cap.")
-    flags.DEFINE_string(
-        "out",
-        None,
-        "Output .model path (byte_level_bpe: a directory or .json path).",
-        required=True,
+    parser.add_argument(
+        "--model_type", default="bpe", choices=["bpe", "unigram"], help="sentencepiece model type."
     )
-    flags.DEFINE_bool("verbose", False, "Every library's INFO lines too.")
+    parser.add_argument("--max_input_bytes", type=int, default=256 << 20, help="Training text cap.")
+    parser.add_argument(
+        "--out",
+        required=True,
+        help="Output .model path (byte_level_bpe: a directory or .json path).",
+    )
+    parser.add_argument("--verbose", action="store_true", help="Every library's INFO lines too.")
+    return parser
 
 
-def main(argv: Sequence[str]) -> None:
-    del argv
-    FLAGS = flags.FLAGS
-    console.configure(FLAGS.verbose)
-    if bool(FLAGS.source) == bool(FLAGS.files):
-        raise app.UsageError("Give exactly one of --source and --files.")
-    if FLAGS.files:
-        texts = texts_from_files(FLAGS.files)
-    else:
-        for module in FLAGS.module:
-            importlib.import_module(module)
-        gin.parse_config(FLAGS.gin_bindings)
-        texts = texts_from_tasks(FLAGS.source)
-    texts = limit_bytes(texts, FLAGS.max_input_bytes)
-    out = FLAGS.out
-    if FLAGS.kind == "byte_level_bpe":
-        model = bpe.train(texts, vocab_size=FLAGS.vocab_size, num_masks=FLAGS.num_masks)
+def _input_texts(args: argparse.Namespace) -> Iterator[str]:
+    if args.files:
+        return texts_from_files(args.files)
+    for module in args.module:
+        importlib.import_module(module)
+    gin.parse_config(args.gin_bindings)
+    return texts_from_tasks(args.source)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Command entry point; argv: the arguments, None for sys.argv[1:]."""
+    parser = make_parser()
+    args = parser.parse_args(argv)
+    if bool(args.source) == bool(args.files):
+        parser.error("Give exactly one of --source and --files.")
+    console.configure(args.verbose)
+    texts = limit_bytes(_input_texts(args), args.max_input_bytes)
+    out = args.out
+    if args.kind == "byte_level_bpe":
+        model = bpe.train(texts, vocab_size=args.vocab_size, num_masks=args.num_masks)
         model = model.tokenizer_json.encode("utf-8")
         if not out.endswith(".json"):
             tf.io.gfile.makedirs(out)
@@ -235,9 +258,9 @@ def main(argv: Sequence[str]) -> None:
     else:
         model = train(
             texts,
-            vocab_size=FLAGS.vocab_size,
-            num_masks=FLAGS.num_masks,
-            model_type=FLAGS.model_type,
+            vocab_size=args.vocab_size,
+            num_masks=args.num_masks,
+            model_type=args.model_type,
         )
     with tf.io.gfile.GFile(out, "wb") as f:
         f.write(model)
@@ -245,5 +268,4 @@ def main(argv: Sequence[str]) -> None:
 
 
 if __name__ == "__main__":
-    define_flags()
-    app.run(main)
+    main()
