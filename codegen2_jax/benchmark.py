@@ -7,6 +7,13 @@ Synthetic batches keep it free of TensorFlow and seqio, so it runs on any JAX im
 
 Prints one JSON line. MFU = tokens/s * (6 N + 12 L d T) / peak with N all parameters but the
 input embedding (the MFU definition in README.md); mfu_causal counts half the attention FLOPs.
+
+--checkpoint_gb=GB times checkpoint saves instead: how long Checkpointer.save, called as the
+training loop calls it, holds up the step loop for a float32 state of GB gigabytes sharded over
+all devices (the write itself finishes in the background and is timed apart):
+
+  XLA_FLAGS=--xla_force_host_platform_device_count=8 JAX_PLATFORMS=cpu \
+      python -m codegen2_jax.benchmark --checkpoint_gb=1.5
 """
 
 from __future__ import annotations
@@ -17,12 +24,16 @@ from codegen2_jax import console  # first: native libraries read their log level
 import argparse
 import functools
 import json
+import statistics
+import tempfile
 import time
 
 import jax
+import numpy as np
 
 from codegen2_jax import (
     batch_contract,
+    checkpointing,
     gin_config,
     metrics,
     optim,
@@ -51,6 +62,15 @@ def make_parser() -> argparse.ArgumentParser:
         default="causal",
         choices=batch_contract.LAYOUTS,
         help="Batch features: causal rows, packed documents, or packed prefix-LM documents.",
+    )
+    parser.add_argument(
+        "--checkpoint_gb",
+        type=float,
+        default=0.0,
+        help="Time checkpoint saves of a state this many GB in size instead of train steps.",
+    )
+    parser.add_argument(
+        "--saves", type=int, default=3, help="Timed checkpoint saves (after one warm-up save)."
     )
     return parser
 
@@ -115,12 +135,65 @@ def report(config: TransformerConfig, batch: int, seq: int, step_s: float, loss:
     }
 
 
+def synthetic_state(gigabytes: float, leaves: int = 16, width: int = 4096) -> dict:
+    """Random float32 arrays of about `gigabytes` GB in all, rows sharded over all devices."""
+    mesh = jax.sharding.Mesh(np.array(jax.devices()), ("devices",))
+    sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("devices"))
+    rows = int(gigabytes * 1e9 / (4 * width * leaves)) // mesh.size * mesh.size
+    if rows == 0:
+        raise ValueError(f"--checkpoint_gb={gigabytes} is too small for {mesh.size} devices")
+    make = jax.jit(
+        lambda key: jax.random.normal(key, (rows, width), np.float32), out_shardings=sharding
+    )
+    keys = jax.random.split(jax.random.key(0), leaves)
+    return {f"leaf_{i}": make(key) for i, key in enumerate(keys)}
+
+
+def benchmark_checkpoint_save(gigabytes: float, saves: int) -> dict:
+    """Times each save() call (the step loop's wait) and, apart, the background commit.
+
+    The first save also compiles (once per state layout) and is reported apart.
+    """
+    state = synthetic_state(gigabytes)
+    state_gb = sum(x.nbytes for x in jax.tree.leaves(state)) / 1e9
+    blocking, commit = [], []
+    with (
+        tempfile.TemporaryDirectory() as directory,
+        checkpointing.Checkpointer(directory, max_to_keep=1) as checkpointer,
+    ):
+        for step in range(saves + 1):
+            start = time.perf_counter()
+            checkpointer.save(step, state, b"data position", "# gin config")
+            returned = time.perf_counter()
+            checkpointer.wait_until_finished()
+            blocking.append(returned - start)
+            commit.append(time.perf_counter() - returned)
+    blocking_s = statistics.median(blocking[1:])
+    return {
+        "what": "codegen2_jax checkpoint save",
+        "state_gb": state_gb,
+        "leaves": len(state),
+        "saves": saves,
+        "blocking_s": blocking_s,
+        "blocking_s_per_gb": blocking_s / state_gb,
+        "blocking_s_each": blocking[1:],
+        "first_save_blocking_s": blocking[0],
+        "background_commit_s": statistics.median(commit[1:]),
+        "devices": jax.device_count(),
+        "device": str(jax.devices()[0].device_kind),
+        "jax": jax.__version__,
+    }
+
+
 def main(argv: list[str] | None = None):
     """Console entry point: `--gin.NAME=VALUE` arguments become gin bindings."""
     args = gin_config.parse_tool_args(
         make_parser(), argv, model=DEFAULT_GIN_FILE, mesh=DEFAULT_MESH
     )
     console.configure(args.verbose)
+    if args.checkpoint_gb:
+        print(json.dumps(benchmark_checkpoint_save(args.checkpoint_gb, args.saves)), flush=True)
+        return
     config = gin_config.configured(TransformerConfig)()
     partitioner = gin_config.configured(partitioning.make_partitioner)()
     result = benchmark_train_step(

@@ -8,6 +8,11 @@ Each step directory holds three orbax items, committed together:
   manifest       JSON: the operative gin config and a fingerprint of every array
                  (checksums.py), sealed by a digest of the manifest itself.
 
+The fingerprints are computed on the arrays' devices: save() only dispatches them, and the
+manifest is written in the background commit once they arrive (so is a refusal of a
+non-finite state). Orbax commits a step, its marker and rename, only after every item is
+written, so a committed step always holds the fingerprints of its arrays.
+
 restore_latest walks the steps newest first and returns the first one that is committed,
 readable and matches its fingerprints; restore_latest_params does the same for the parameters
 alone (samplers and evaluators never read the optimizer state, two thirds of an AdamW state).
@@ -23,6 +28,8 @@ an older checkpoint.
 
 from __future__ import annotations
 
+import concurrent.futures
+import dataclasses
 import datetime
 import functools
 import hashlib
@@ -44,7 +51,11 @@ logger = logging.getLogger(__name__)
 STATE, DATA_POSITION, MANIFEST = "state", "data_position", "manifest"
 PARAMS = "params"  # TrainState's field: restore_latest_params reads only this subtree
 SET_ASIDE_DIR = "set_aside"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+# What each manifest format's array records hold: 2, digests computed on device; 1, SHA-256
+# computed on the host (steps saved before format 2, still restored and verified).
+_FINGERPRINTS = {2: checksums.fingerprint, 1: checksums.sha256_fingerprint}
+MANIFEST_FILE = "metadata"
 
 
 class CheckpointError(Exception):
@@ -85,9 +96,46 @@ def _unseal(manifest: dict[str, Any]) -> dict[str, Any]:
     body = {key: value for key, value in manifest.items() if key != "sha256"}
     if manifest.get("sha256") != _digest(body):
         raise _UnusableStep("manifest digest mismatch")
-    if body.get("format_version") != FORMAT_VERSION:
-        raise _UnusableStep(f"manifest format {body.get('format_version')}, want {FORMAT_VERSION}")
+    if body.get("format_version") not in _FINGERPRINTS:
+        raise _UnusableStep(
+            f"manifest format {body.get('format_version')}, want one of {sorted(_FINGERPRINTS)}"
+        )
     return body
+
+
+@dataclasses.dataclass
+class _ManifestSave(ocp.args.CheckpointArgs):
+    """Save args: a call returning the manifest, made in the background commit."""
+
+    build: Callable[[], dict[str, Any]]
+
+
+class _ManifestHandler(ocp.handlers.JsonCheckpointHandler):
+    """Writes the manifest that args.build() returns, in the commit; reads it back as JSON.
+
+    Every process calls build(), so a refusal fails every process's commit alike; the primary
+    process alone writes, as JsonCheckpointHandler does.
+    """
+
+    def __init__(self):
+        super().__init__(filename=MANIFEST_FILE)
+
+    def _write(self, directory: epath.Path, build: Callable[[], dict[str, Any]]) -> None:
+        manifest = build()
+        if ocp.multihost.is_primary_host(0):
+            (directory / MANIFEST_FILE).write_text(json.dumps(manifest))
+
+    async def _write_async(self, directory: epath.Path, build) -> None:
+        self._write(directory, build)
+
+    async def async_save(self, directory: epath.Path, args: _ManifestSave):
+        """Returns the commit future, which writes once orbax has created the directory."""
+        write = self._write_async(directory, args.build)
+        return [ocp.future.CommitFutureAwaitingContractedSignals(write, name="manifest")]
+
+    def save(self, directory: epath.Path, args: _ManifestSave) -> None:
+        """Writes synchronously."""
+        self._write(directory, args.build)
 
 
 def _handler_registry() -> ocp.handlers.DefaultCheckpointHandlerRegistry:
@@ -104,7 +152,7 @@ def _handler_registry() -> ocp.handlers.DefaultCheckpointHandlerRegistry:
             process_blobs.ProcessBlobSave,
             process_blobs.ProcessBlobRestore,
         ),
-        MANIFEST: (ocp.handlers.JsonCheckpointHandler(), ocp.args.JsonSave, ocp.args.JsonRestore),
+        MANIFEST: (_ManifestHandler(), _ManifestSave, ocp.args.JsonRestore),
     }
     for name, (handler, save_args, restore_args) in items.items():
         registry.add(name, save_args, handler)
@@ -143,6 +191,7 @@ class Checkpointer:
         if "://" not in str(directory):
             self.directory = self.directory.absolute()  # orbax refuses relative paths
         self.read_only = read_only
+        self._async_save = async_save
         options = ocp.CheckpointManagerOptions(
             preservation_policy=ocp.checkpoint_managers.LatestN(n=max_to_keep),
             enable_async_checkpointing=async_save,
@@ -160,7 +209,7 @@ class Checkpointer:
         return sorted(self._manager.all_steps())
 
     def save(self, step: int, state, data_position: bytes, gin_config: str) -> bool:
-        """Starts saving `state` as `step`; array writes finish in the background.
+        """Starts saving `state` as `step`; fingerprints and writes finish in the background.
 
         Args:
           step: the step number (the directory name).
@@ -174,23 +223,33 @@ class Checkpointer:
           e.g. a preemption save right after a periodic one; else True.
 
         Raises:
-          NonFiniteStateError: a floating-point leaf holds NaN or inf (named in the message).
-          CheckpointSaveError: the previous asynchronous save failed.
+          CheckpointSaveError: the previous asynchronous save failed, e.g. from a
+            NonFiniteStateError naming the leaves that hold a NaN or an infinity (which a
+            synchronous save raises itself).
         """
         if self.read_only:
             raise CheckpointError(f"{self.directory} was opened read-only")
         self.wait_until_finished()
         if self._is_stale(step):
             return False
-        if bad := checksums.non_finite_leaves(state):
-            raise NonFiniteStateError(f"refusing to checkpoint step {step}: non-finite {bad}")
+        fingerprints = concurrent.futures.Future()
+        dispatch = functools.partial(_fulfil, fingerprints, checksums.PendingFingerprints, state)
         items = {
             STATE: ocp.args.StandardSave(state),
             DATA_POSITION: process_blobs.ProcessBlobSave(data_position),
-            MANIFEST: ocp.args.JsonSave(self._manifest(step, state, gin_config)),
+            MANIFEST: _ManifestSave(functools.partial(_manifest, step, fingerprints, gin_config)),
         }
+        # An asynchronous save dispatches the digests after orbax's save, whose copy of the
+        # arrays to the host they would slow where the devices are the host's own cores; a
+        # synchronous one writes the manifest within orbax's save, so needs them before.
+        if not self._async_save:
+            dispatch()
         self._pending_step = step
-        return self._manager.save(step, args=ocp.args.Composite(**items))
+        try:
+            return self._manager.save(step, args=ocp.args.Composite(**items))
+        finally:
+            if self._async_save:
+                dispatch()
 
     def _is_stale(self, step: int) -> bool:
         """True, with a warning, when `step` is not newer than the latest committed step."""
@@ -199,15 +258,6 @@ class Checkpointer:
             return False
         logger.warning("not saving step %d: %s already holds step %d", step, self.directory, latest)
         return True
-
-    def _manifest(self, step: int, state, gin_config: str) -> dict:
-        body = {
-            "format_version": FORMAT_VERSION,
-            "step": step,
-            "gin_config": gin_config,
-            "arrays": checksums.fingerprint(state),
-        }
-        return {**body, "sha256": _digest(body)}
 
     def wait_until_finished(self) -> None:
         """Blocks until the pending save has committed.
@@ -220,7 +270,8 @@ class Checkpointer:
             self._manager.wait_until_finished()
         except Exception as e:
             raise CheckpointSaveError(
-                f"saving checkpoint step {step} in {self.directory} failed; it was not committed"
+                f"saving checkpoint step {step} in {self.directory} failed ({e}); "
+                "it was not committed"
             ) from e
 
     def close(self) -> None:
@@ -325,7 +376,9 @@ class Checkpointer:
     def _restore_step(self, step: int, target) -> RestoredCheckpoint:
         manifest = _agreed(lambda: self._read_manifest(step))
         args = ocp.args.StandardRestore(target)
-        state = self._read_verified(step, manifest["arrays"], target, args)
+        state = self._read_verified(
+            step, manifest["format_version"], manifest["arrays"], target, args
+        )
         data_position = _agreed(lambda: self._read_data_position(step))
         logger.info("restored checkpoint step %d from %s", step, self.directory)
         return RestoredCheckpoint(state, data_position, manifest["gin_config"], step)
@@ -339,11 +392,11 @@ class Checkpointer:
             restore_args=ocp.checkpoint_utils.construct_restore_args(wanted),
             partial_restore=True,
         )
-        part = self._read_verified(step, saved, wanted, args)
+        part = self._read_verified(step, manifest["format_version"], saved, wanted, args)
         logger.info("restored the parameters of step %d from %s", step, self.directory)
         return RestoredCheckpoint(part[PARAMS], None, manifest["gin_config"], step)
 
-    def _read_verified(self, step: int, saved, target, args: ocp.args.CheckpointArgs):
+    def _read_verified(self, step: int, format_version: int, saved, target, args):
         """The state item (or the part `target` names), checked against its saved fingerprints."""
         if problems := checksums.layout_mismatches(saved, target):
             raise CheckpointMismatchError(
@@ -351,7 +404,7 @@ class Checkpointer:
                 + "\n  ".join(problems)
             )
         state = _agreed(lambda: self._read(step, STATE, args))
-        _verify(saved, state)
+        _verify(_FINGERPRINTS[format_version], saved, state)
         return state
 
     def _read_manifest(self, step: int) -> dict[str, Any]:
@@ -435,9 +488,32 @@ def _placed(abstract, shardings):
     )
 
 
-def _verify(saved: dict[str, checksums.Fingerprint], state) -> None:
+def _fulfil(future: concurrent.futures.Future, make: Callable, *args) -> None:
+    """Sets future to make(*args), or to its exception, which is raised here as well."""
+    try:
+        future.set_result(make(*args))
+    except BaseException as e:  # the background commit waits on future: never leave it unset
+        future.set_exception(e)
+        raise
+
+
+def _manifest(step: int, fingerprints: concurrent.futures.Future, gin_config: str) -> dict:
+    """The sealed manifest; waits for the fingerprints (in the background commit)."""
+    records, non_finite = fingerprints.result().result()  # the dispatched work, then its result
+    if non_finite:
+        raise NonFiniteStateError(f"refusing to checkpoint step {step}: non-finite {non_finite}")
+    body = {
+        "format_version": FORMAT_VERSION,
+        "step": step,
+        "gin_config": gin_config,
+        "arrays": records,
+    }
+    return {**body, "sha256": _digest(body)}
+
+
+def _verify(fingerprint: Callable, saved: dict[str, checksums.Fingerprint], state) -> None:
     """Raises _UnusableStep naming every array whose shape, dtype or bytes differ from saved."""
-    restored = checksums.fingerprint(state)
+    restored = fingerprint(state)
     bad = sorted(name for name in saved if restored.get(name) != saved[name])
     if bad:
         raise _UnusableStep(f"checksum mismatch in {len(bad)} arrays: {', '.join(bad)}")

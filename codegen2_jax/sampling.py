@@ -181,6 +181,7 @@ def _prefill(
         decoder_positions=jnp.maximum(slots - pad, 0),
         decoder_causal_attention=real if prefix_prompt else None,
         decode=True,
+        last_position_only=True,
         mutable=["cache"],
     )
     return logits[:, -1].astype(jnp.float32), variables["cache"]

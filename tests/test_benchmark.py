@@ -30,3 +30,11 @@ def test_command_line_prints_one_json_line(capsys):
     )
     result = json.loads(capsys.readouterr().out.strip())
     assert result["layout"] == "packed" and result["tokens_per_s"] > 0
+
+
+def test_checkpoint_flag_times_saves(capsys):
+    benchmark.main(["--checkpoint_gb=0.01", "--saves=1"])
+    result = json.loads(capsys.readouterr().out.strip())
+    assert result["what"] == "codegen2_jax checkpoint save" and result["leaves"] == 16
+    assert result["blocking_s_per_gb"] == pytest.approx(result["blocking_s"] / result["state_gb"])
+    assert result["state_gb"] == pytest.approx(0.01, rel=0.25) and result["blocking_s"] > 0

@@ -151,6 +151,28 @@ def test_state_buffers_may_be_freed_once_save_returns(tmp_path, setup):
     assert_bit_identical(restore(tmp_path, setup).state, expected)
 
 
+def test_save_returns_before_the_digests_and_commits_once_written(tmp_path, setup, monkeypatch):
+    """The step loop only dispatches the digests; orbax's commit thread waits for them."""
+    _, _, first, _ = setup
+    release, waited_in = threading.Event(), []
+    result = checksums.PendingFingerprints.result
+
+    def held_result(self):
+        waited_in.append(threading.current_thread())
+        assert release.wait(30), "the digests were never released"
+        return result(self)
+
+    monkeypatch.setattr(checksums.PendingFingerprints, "result", held_result)
+    with checkpointing.Checkpointer(tmp_path) as ckpt:
+        try:
+            ckpt.save(1, first, b"1", GIN_CONFIG)
+            assert not (tmp_path / "1").exists()  # uncommitted while its digests are outstanding
+        finally:
+            release.set()
+    assert waited_in and threading.main_thread() not in waited_in
+    assert_bit_identical(restore(tmp_path, setup).state, first)
+
+
 def failing_finalize(*args, **kwargs):
     raise OSError("simulated: disk full while committing")
 
@@ -227,6 +249,20 @@ def flip_64_bytes(step_dir, reference):
     damage_array_data(step_dir, reference, edits, "silently changed")
 
 
+def rewrite_as_format_1(step_dir, state):
+    """The manifest as format 1 wrote it: per-array SHA-256 records, resealed."""
+    path = step_dir / checkpointing.MANIFEST / checkpointing.MANIFEST_FILE
+    body = json.loads(path.read_text())
+    del body["sha256"]
+    body.update(format_version=1, arrays=checksums.sha256_fingerprint(state))
+    path.write_text(json.dumps({**body, "sha256": checkpointing._digest(body)}))
+
+
+def flip_64_bytes_of_a_format_1_step(step_dir, reference):
+    rewrite_as_format_1(step_dir, reference[1])
+    flip_64_bytes(step_dir, reference)
+
+
 def truncate(step_dir, reference):
     damage_array_data(step_dir, reference, [lambda data: data[: len(data) // 2]], "error")
 
@@ -258,6 +294,7 @@ def leave_temporary_dir(step_dir, _reference):
     "damage, reason",
     [
         (flip_64_bytes, "checksum mismatch"),
+        (flip_64_bytes_of_a_format_1_step, "checksum mismatch"),
         (truncate, "unreadable state"),
         (edit_manifest, "manifest digest mismatch"),
         (edit_data_position, "does not match its SHA-256 digest"),
@@ -280,6 +317,13 @@ def test_damaged_newest_step_is_set_aside(tmp_path, setup, caplog, damage, reaso
     assert any(reason in r.getMessage() and r.levelno == logging.ERROR for r in caplog.records)
     assert [name.split(".")[0] for name in set_aside_names(tmp_path)] == ["2"]
     assert sorted(os.listdir(tmp_path)) == ["1", checkpointing.SET_ASIDE_DIR]
+
+
+def test_a_step_saved_in_format_1_restores(tmp_path, setup):
+    _, _, _, second = setup
+    save_steps(tmp_path, {1: second})
+    rewrite_as_format_1(tmp_path / "1", second)
+    assert_bit_identical(restore(tmp_path, setup).state, second)
 
 
 def test_read_only_reader_skips_damage_and_changes_nothing(tmp_path, setup, caplog):
@@ -393,12 +437,15 @@ def test_restoring_with_a_different_process_count_is_refused(tmp_path, setup):
 
 
 def test_non_finite_state_is_refused(tmp_path, setup):
+    """Found with the digests, in the background: the save fails naming the leaf, uncommitted."""
     _, _, first, _ = setup
     name = "params/layers/mlp/fc_in/bias"
     poisoned = with_leaf(first, name, lambda x: x.at[0, 3].set(jnp.nan))
     with checkpointing.Checkpointer(tmp_path) as ckpt:
-        with pytest.raises(checkpointing.NonFiniteStateError, match=name):
-            ckpt.save(1, poisoned, DATA_POSITION, GIN_CONFIG)
+        assert ckpt.save(1, poisoned, DATA_POSITION, GIN_CONFIG)
+        with pytest.raises(checkpointing.CheckpointSaveError, match=f"non-finite.*{name}") as error:
+            ckpt.wait_until_finished()
+        assert isinstance(error.value.__cause__, checkpointing.NonFiniteStateError)
         assert ckpt.all_steps() == []
 
 

@@ -112,26 +112,26 @@ def xla_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array | No
     return jnp.einsum("bhqk,bkhd->bqhd", probs, v)
 
 
-def single_query_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array) -> jax.Array:
-    """xla_attention for one new token per row against a KV cache, as products and sums.
+def cache_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array) -> jax.Array:
+    """xla_attention of T new tokens against a heads-major KV cache (prompt or decoding step).
 
-    Written as einsums, the two dots make XLA keep the cache in a transposed layout and copy
-    all of it, every layer, every decoding step; a broadcast product reduced over head_dim,
-    then over the cache length, reads the cache once in the layout it is stored in.
+    The cache is stored [batch, heads, cache_length, head_dim]: with (batch, heads) leading,
+    both dots read it in place. In the training layout XLA copied every layer's whole cache
+    into a transposed one at every decoding step; only q and the output (T rows) move here.
 
     Args:
-      q: [batch, 1, heads, head_dim].
-      k, v: [batch, cache_length, heads, head_dim].
-      mask: boolean [batch, 1, 1, cache_length].
+      q: [batch, T, heads, head_dim].
+      k, v: [batch, heads, cache_length, head_dim].
+      mask: boolean [batch, 1, T, cache_length] from make_decode_mask.
 
     Returns:
-      [batch, 1, heads, head_dim] in v's dtype.
+      [batch, T, heads, head_dim] in v's dtype.
     """
     scale = q.shape[-1] ** -0.5
-    scores = jnp.sum(q.astype(jnp.float32) * k.astype(jnp.float32), axis=-1) * scale  # [B, S, H]
-    scores = jnp.where(mask[:, 0, 0, :, None], scores, jnp.finfo(jnp.float32).min)
-    probs = jax.nn.softmax(scores, axis=1).astype(v.dtype)
-    return jnp.sum(probs[..., None] * v, axis=1, keepdims=True, dtype=jnp.float32).astype(v.dtype)
+    scores = jnp.einsum("bqhd,bhkd->bhqk", q, k, preferred_element_type=jnp.float32) * scale
+    scores = jnp.where(mask, scores, jnp.finfo(jnp.float32).min)
+    probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
+    return jnp.einsum("bhqk,bhkd->bqhd", probs, v)
 
 
 def fused_attention(

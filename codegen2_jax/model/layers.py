@@ -4,7 +4,8 @@ Every parameter carries logical axis names (nn.with_logical_partitioning) and ev
 activation a logical constraint; partitioning.py maps the names onto the device mesh.
 
 Decoding (cache_index given) keeps each layer's keys and values in the "cache" collection,
-[batch, cache_length, heads, head_dim] in the compute dtype, written at slots
+[batch, heads, cache_length, head_dim] (heads-major, see attention.cache_attention) in the
+compute dtype, written at slots
 cache_index .. cache_index + T - 1; the cache length is the length of the input the cache was
 initialised with (Decoder.init_cache).
 """
@@ -88,13 +89,10 @@ class SelfAttention(nn.Module):
         sin, cos = attention.rotary_tables(positions, cfg.rotary_dim)
         q, k = attention.apply_rotary(q, sin, cos), attention.apply_rotary(k, sin, cos)
         if cache_index is not None:
-            # One query row per new token against the whole cache: memory-bound, so the
-            # einsum path serves every backend.
+            # New tokens against the whole cache: memory-bound, so the einsum path serves
+            # every backend.
             k, v = self._update_cache(k, v, cache_index)
-            if q.shape[1] == 1:  # a decoding step
-                out = attention.single_query_attention(q, k, v, mask)
-            else:  # a prompt
-                out = attention.xla_attention(q, k, v, mask)
+            out = attention.cache_attention(q, k, v, mask)
         elif cfg.attention_impl == "cudnn":
             out = attention.fused_attention(q, k, v, mask, implementation="cudnn")
         else:
@@ -110,11 +108,12 @@ class SelfAttention(nn.Module):
 
     def _update_cache(self, k: jax.Array, v: jax.Array, index: jax.Array):
         """Writes k, v [batch, T, H, hd] at slot index; returns the whole cache (k and v)."""
-        axes = (BATCH, "activation_cache_length", "activation_heads", "activation_kv")
+        axes = (BATCH, "activation_heads", "activation_cache_length", "activation_kv")
         out = []
         for name, new in (("key", k), ("value", v)):
+            new = new.transpose(0, 2, 1, 3)  # [B, H, T, hd]
             cached = self.variable("cache", name, jnp.zeros, new.shape, new.dtype)
-            updated = jax.lax.dynamic_update_slice(cached.value, new, (0, index, 0, 0))
+            updated = jax.lax.dynamic_update_slice(cached.value, new, (0, 0, index, 0))
             cached.value = nn.with_logical_constraint(updated, axes)
             out.append(cached.value)
         return out

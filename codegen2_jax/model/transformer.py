@@ -40,12 +40,15 @@ class Decoder(nn.Module):
         decoder_positions: jax.Array | None = None,
         decoder_causal_attention: jax.Array | None = None,
         decode: bool = False,
+        last_position_only: bool = False,
     ) -> jax.Array:
         """Logits [batch, T, vocab] for decoder_input_tokens [batch, T].
 
         With decode=True the tokens continue the cached sequence (see the module docstring):
         decoder_segment_ids defaults to 1 everywhere, decoder_positions to the cache slots, and
         decoder_causal_attention, if given, makes its flagged tokens of this call a prefix.
+        last_position_only gives the logits of the last position alone, [batch, 1, vocab]: a
+        prompt's prefill needs no others, and their lm_head costs as much as a layer.
         """
         cfg = self.config
         batch, length = decoder_input_tokens.shape
@@ -69,6 +72,8 @@ class Decoder(nn.Module):
             name="embed",
         )(decoder_input_tokens.astype(jnp.int32))
         x = self._blocks(x, mask, decoder_positions, cache_index)
+        if last_position_only:
+            x = x[:, -1:]
         x = layer_norm(cfg, "ln_f")(x)
         logits = nn.Dense(
             cfg.vocab_size,

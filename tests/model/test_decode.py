@@ -31,17 +31,18 @@ def test_decode_mask_against_hand_written_matrix():
     np.testing.assert_array_equal(mask[:, 0], expected)
 
 
-def test_single_query_attention_equals_the_einsum_path_over_a_cache():
+def test_cache_attention_equals_the_einsum_path_over_a_cache():
     q, k, v = jax.random.normal(jax.random.key(0), (3, 2, 9, 4, 16))
-    q = q[:, :1]  # one new token per row against 9 cache slots
     keys = jnp.array([[0, 0, 1, 1, 1, 1, 0, 0, 0], [1] * 6 + [0] * 3])  # left padding, future
-    mask = attention.make_decode_mask(jnp.int32(5), jnp.ones((2, 1), jnp.int32), keys)
-    np.testing.assert_allclose(
-        attention.single_query_attention(q, k, v, mask),
-        attention.xla_attention(q, k, v, mask),
-        atol=1e-6,
-        rtol=1e-6,
-    )
+    for new in (1, 2):  # a decoding step, and a prompt of two tokens in slots 4-5
+        mask = attention.make_decode_mask(jnp.int32(6 - new), jnp.ones((2, new), jnp.int32), keys)
+        heads_major = [x.transpose(0, 2, 1, 3) for x in (k, v)]
+        np.testing.assert_allclose(
+            attention.cache_attention(q[:, :new], *heads_major, mask),
+            attention.xla_attention(q[:, :new], k, v, mask),
+            atol=1e-6,
+            rtol=1e-6,
+        )
 
 
 def _left_padded_prompt(tokens, width):
@@ -113,9 +114,9 @@ def test_incremental_decoding_matches_full_forward(scan_layers):
 def test_cache_holds_keys_and_values_of_every_layer(scan_layers):
     cache = init_cache(Decoder(TransformerConfig(**TINY, scan_layers=scan_layers)), 2, 9)
     if scan_layers:
-        assert cache["layers"]["attn"]["key"].shape == (2, 2, 9, 4, 8)  # [L, B, S, H, hd]
+        assert cache["layers"]["attn"]["key"].shape == (2, 2, 4, 9, 8)  # [L, B, H, S, hd]
     else:
-        assert cache["layers_1"]["attn"]["value"].shape == (2, 9, 4, 8)  # [B, S, H, hd]
+        assert cache["layers_1"]["attn"]["value"].shape == (2, 4, 9, 8)  # [B, H, S, hd]
     assert cache["segment_ids"].shape == (2, 9) and int(cache["index"]) == 0
 
 
