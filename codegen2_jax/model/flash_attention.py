@@ -159,13 +159,20 @@ def _query_blocks_per_key_block(key_start, key_end, num_key_blocks: int):
     return first.astype(jnp.int32), (last + 1).astype(jnp.int32)
 
 
-def flash_attention(q: jax.Array, k: jax.Array, v: jax.Array, layout: BlockLayout) -> jax.Array:
+def flash_attention(
+    q: jax.Array,
+    k: jax.Array,
+    v: jax.Array,
+    layout: BlockLayout,
+    interpret: bool | None = None,
+) -> jax.Array:
     """attention.xla_attention under make_attention_mask's mask, skipping masked blocks.
 
     Args:
       q, k, v: [batch, T, heads, head_dim]. For the kernel, T is zero-padded to the layout's
         length and head_dim to a power of two (at least MIN_BLOCK); the result drops both.
       layout: block_layout of the batch.
+      interpret: run the kernels in Pallas' interpreter; None: unless the backend is a GPU.
 
     Returns:
       [batch, T, heads, head_dim] in v's dtype.
@@ -179,7 +186,8 @@ def flash_attention(q: jax.Array, k: jax.Array, v: jax.Array, layout: BlockLayou
         (0, padded_head_dim - head_dim),
     ]
     q, k, v = (jnp.pad(x, pad) for x in (q, k, v))
-    interpret = jax.default_backend() != "gpu"
+    if interpret is None:
+        interpret = jax.default_backend() != "gpu"
     out = _attention(q, k, v, layout, head_dim**-0.5, interpret)
     return out[:, :length, :, :head_dim]
 

@@ -148,6 +148,22 @@ def test_a_sequence_the_blocks_do_not_divide_is_padded_with_a_segment_of_its_own
     assert flash_attention.block_layout(1, 1).segment_ids.shape == (1, 16)
 
 
+def test_every_kernel_lowers_to_triton_for_a_gpu():
+    # Lowering only (no GPU here): Pallas emits each kernel's Triton IR in a custom call.
+    q = jax.ShapeDtypeStruct((1, 256, 2, 128), jnp.bfloat16)
+    layout = jax.eval_shape(lambda: flash_attention.block_layout(1, 256))
+
+    def loss(q, k, v, layout):
+        out = flash_attention.flash_attention(q, k, v, layout, interpret=False)
+        return jnp.sum(out.astype(jnp.float32))
+
+    grads = jax.jit(jax.grad(loss, argnums=(0, 1, 2)))
+    text = grads.trace(q, q, q, layout).lower(lowering_platforms=("cuda",)).as_text()
+    assert text.count("xla.gpu.triton") == 3
+    for kernel in ("forward", "backward_dq", "backward_dkdv"):
+        assert f'name = "flash_attention_{kernel}"' in text
+
+
 # head_dim 8 and 56-token rows: the kernel pads them to 16 and 64 and cuts the padding off.
 TINY = dict(vocab_size=97, num_layers=1, embed_dim=32, num_heads=4, rotary_dim=4, dtype="float32")
 
