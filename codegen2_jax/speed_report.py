@@ -7,6 +7,8 @@ DIR holds the reference scripts jax_ref_bench.py (a plain JAX decoder step) and
 hf_codegen_bench.py (transformers' CodeGen). Each measurement runs in its own process, one
 after another, so none holds another's device memory: the project's train step on a causal,
 a packed (the CodeGen2 mixture's rows) and a prefix-LM batch (codegen2_jax.benchmark), the
+packed and prefix-LM steps again with the block-skipping Pallas attention (attention_impl
+"pallas"; off a GPU it runs interpreted, so its CPU figures say nothing of its speed), the
 plain JAX reference causal and prefix-LM at the same shape, the project's greedy decode
 (codegen2_jax.sampling_benchmark) and transformers' (train step and decode). Needs neither
 TensorFlow nor seqio. Prints one JSON object: every figure, the ratios that compare them, and
@@ -26,6 +28,9 @@ from collections.abc import Sequence
 JAX_REFERENCE = "jax_ref_bench.py"
 HF_REFERENCE = "hf_codegen_bench.py"
 LAYOUTS = ("causal", "packed", "prefix_lm")
+# Layouts the Pallas kernel is measured on: those whose masks it skips blocks of.
+PALLAS_LAYOUTS = ("packed", "prefix_lm")
+PALLAS = "--gin.ATTENTION_IMPL='pallas'"  # after the shape's bindings, so it overrides them
 
 
 @dataclasses.dataclass(frozen=True)
@@ -95,19 +100,18 @@ def _run(command: Sequence[str]) -> list[dict]:
 def measurements(anchors: str, shape: Shape) -> dict[str, list[dict]]:
     """Every run's JSON lines, by run name."""
     python = sys.executable
-    runs = {
-        f"train_{layout}": [
-            python,
-            "-m",
-            "codegen2_jax.benchmark",
-            *shape.gin,
-            f"--batch={shape.batch}",
-            f"--seq={shape.seq}",
-            f"--steps={shape.steps}",
-            f"--layout={layout}",
-        ]
-        for layout in LAYOUTS
-    }
+    train = [
+        python,
+        "-m",
+        "codegen2_jax.benchmark",
+        *shape.gin,
+        f"--batch={shape.batch}",
+        f"--seq={shape.seq}",
+        f"--steps={shape.steps}",
+    ]
+    runs = {f"train_{layout}": [*train, f"--layout={layout}"] for layout in LAYOUTS}
+    for layout in PALLAS_LAYOUTS:
+        runs[f"train_{layout}_pallas"] = [*train, PALLAS, f"--layout={layout}"]
     reference = [python, os.path.join(anchors, JAX_REFERENCE), *shape.reference_flags]
     runs["jax_reference"] = reference
     runs["jax_reference_prefix_lm"] = [*reference, "--prefix-lm"]
@@ -135,6 +139,8 @@ def summarize(runs: dict[str, list[dict]], shape: Shape) -> dict:
     """Figures (tokens/s) and the ratios the speed goals are stated in."""
     small, large = shape.decode_batches
     train = {layout: _one(runs[f"train_{layout}"])["tokens_per_s"] for layout in LAYOUTS}
+    for layout in PALLAS_LAYOUTS:
+        train[f"{layout}_pallas"] = _one(runs[f"train_{layout}_pallas"])["tokens_per_s"]
     train["jax_reference"] = _one(runs["jax_reference"])["tokens_per_s"]
     train["jax_reference_prefix_lm"] = _one(runs["jax_reference_prefix_lm"])["tokens_per_s"]
     train["hf"] = _one(runs["hf"], what="hf codegen train step")["tokens_per_s"]
@@ -147,6 +153,10 @@ def summarize(runs: dict[str, list[dict]], shape: Shape) -> dict:
         "train_causal_vs_jax_reference": train["causal"] / train["jax_reference"],
         "train_packed_vs_causal": train["packed"] / train["causal"],
         "train_prefix_lm_vs_causal": train["prefix_lm"] / train["causal"],
+        **{
+            f"train_{layout}_pallas_vs_causal": train[f"{layout}_pallas"] / train["causal"]
+            for layout in PALLAS_LAYOUTS
+        },
         "train_causal_vs_hf": train["causal"] / train["hf"],
         f"decode_batch_{small}_vs_hf": decode[f"batch_{small}"] / decode[f"hf_batch_{small}"],
         f"decode_batch_{large}_vs_hf": decode[f"batch_{large}"] / decode[f"hf_batch_{large}"],

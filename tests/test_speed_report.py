@@ -32,10 +32,16 @@ def test_tiny_report_measures_the_project_beside_its_references(tmp_path, capsys
     train, decode = report["train_tokens_per_s"], report["decode_tokens_per_s"]
     assert report["device"] == "cpu" and all(train[k] > 0 for k in speed_report.LAYOUTS)
     assert [line["layout"] for line in report["runs"]["train_prefix_lm"]] == ["prefix_lm"]
+    pallas = report["runs"]["train_prefix_lm_pallas"]
+    assert [(line["layout"], line["attention"]) for line in pallas] == [("prefix_lm", "pallas")]
+    assert report["runs"]["train_packed"][0]["attention"] == "xla"  # the tiny shape's default
     ratios = report["ratios"]
     assert ratios["train_causal_vs_jax_reference"] == pytest.approx(train["causal"] / 2500.0)
     assert ratios["train_prefix_lm_vs_causal"] == pytest.approx(
         train["prefix_lm"] / train["causal"]
+    )
+    assert ratios["train_packed_pallas_vs_causal"] == pytest.approx(
+        train["packed_pallas"] / train["causal"]
     )
     assert ratios["decode_batch_4_vs_hf"] == pytest.approx(decode["batch_4"] / 20.0)
     assert report["runs"]["decode"][1]["new_tokens"] == speed_report.TINY.new_tokens

@@ -7,7 +7,7 @@ import dataclasses
 import jax.numpy as jnp
 
 REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch")
-ATTENTION_IMPLEMENTATIONS = ("xla", "cudnn")
+ATTENTION_IMPLEMENTATIONS = ("xla", "cudnn", "pallas")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -26,7 +26,9 @@ class TransformerConfig:
       dtype: compute dtype ("bfloat16" on accelerators, "float32" on CPU). Parameters stay fp32.
       scan_layers: run the blocks under nn.scan (one compiled block, stacked parameters).
       remat_policy: activation rematerialisation: none | full | dots | dots_no_batch.
-      attention_impl: "xla" (einsum + softmax, runs everywhere) or "cudnn" (fused, GPU only).
+      attention_impl: "xla" (einsum + softmax, runs everywhere), "cudnn" (fused, GPU only) or
+        "pallas" (flash_attention.py: skips the key blocks packing and prefixes mask out; Triton
+        on a GPU, Pallas' slow interpret mode elsewhere).
       init_std: standard deviation of the normal initialiser for kernels and embeddings.
     """
 

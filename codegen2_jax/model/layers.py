@@ -16,7 +16,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from codegen2_jax.model import attention
+from codegen2_jax.model import attention, flash_attention
 from codegen2_jax.model.config import TransformerConfig
 
 BATCH, LENGTH = "activation_batch", "activation_length"
@@ -64,7 +64,7 @@ class SelfAttention(nn.Module):
     def __call__(
         self,
         x: jax.Array,
-        mask: jax.Array | None,
+        mask: jax.Array | flash_attention.BlockLayout | None,
         positions: jax.Array,
         cache_index: jax.Array | None = None,
     ) -> jax.Array:
@@ -72,7 +72,8 @@ class SelfAttention(nn.Module):
 
         Args:
           x: [batch, T, d].
-          mask: [batch | 1, 1, T, T] (training) or [batch, 1, T, cache_length] (decoding).
+          mask: [batch | 1, 1, T, T] (training) or [batch, 1, T, cache_length] (decoding); with
+            attention_impl "pallas", the batch's flash_attention.BlockLayout when training.
           positions: int [batch, T] rotary positions.
           cache_index: int scalar, the cache slot of x's first token; None when not decoding.
         """
@@ -95,6 +96,8 @@ class SelfAttention(nn.Module):
             out = attention.cache_attention(q, k, v, mask)
         elif cfg.attention_impl == "cudnn":
             out = attention.fused_attention(q, k, v, mask, implementation="cudnn")
+        elif cfg.attention_impl == "pallas":
+            out = flash_attention.flash_attention(q, k, v, mask)
         else:
             out = attention.xla_attention(q, k, v, mask)
         out = nn.with_logical_constraint(out, heads_axes)
@@ -159,7 +162,7 @@ class Block(nn.Module):
     def __call__(
         self,
         x: jax.Array,
-        mask: jax.Array | None,
+        mask: jax.Array | flash_attention.BlockLayout | None,
         positions: jax.Array,
         cache_index: jax.Array | None = None,
     ):

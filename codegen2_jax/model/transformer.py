@@ -18,7 +18,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from codegen2_jax.model import attention
+from codegen2_jax.model import attention, flash_attention
 from codegen2_jax.model.config import TransformerConfig
 from codegen2_jax.model.layers import BATCH, LENGTH, Block, layer_norm, normal_kernel, remat_policy
 
@@ -59,9 +59,7 @@ class Decoder(nn.Module):
         else:
             if decoder_positions is None:
                 decoder_positions = jnp.broadcast_to(jnp.arange(length), (batch, length))
-            mask = attention.make_attention_mask(
-                length, decoder_segment_ids, decoder_causal_attention
-            )
+            mask = self._training_mask(decoder_segment_ids, decoder_causal_attention, batch, length)
             cache_index = None
 
         x = nn.Embed(
@@ -84,6 +82,12 @@ class Decoder(nn.Module):
         )(x)
         return nn.with_logical_constraint(logits, (BATCH, LENGTH, "activation_vocab"))
 
+    def _training_mask(self, segment_ids, prefix, batch: int, length: int):
+        """What every layer's attention needs of the batch, built once per forward."""
+        if self.config.attention_impl == "pallas":
+            return flash_attention.block_layout(batch, length, segment_ids, prefix)
+        return attention.make_attention_mask(length, segment_ids, prefix)
+
     def _decode_inputs(self, segment_ids, positions, prefix, batch: int, length: int):
         """(mask, positions, first slot) of `length` new tokens; advances the cache index."""
         index = self.variable("cache", "index", lambda: jnp.zeros((), jnp.int32))
@@ -103,7 +107,7 @@ class Decoder(nn.Module):
     def _blocks(
         self,
         x: jax.Array,
-        mask: jax.Array | None,
+        mask: jax.Array | flash_attention.BlockLayout | None,
         positions: jax.Array,
         cache_index: jax.Array | None,
     ) -> jax.Array:
