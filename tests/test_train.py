@@ -33,11 +33,6 @@ from tests import training_runs
 from tests.data import tiny_bpe
 
 
-@pytest.fixture(scope="module")
-def corpus_dir(tmp_path_factory):
-    return str(tmp_path_factory.mktemp("tfds"))
-
-
 def test_tiny_run_learns_and_writes_its_records(tmp_path, corpus_dir):
     import tasks  # noqa: F401
 
