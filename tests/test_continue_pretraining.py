@@ -48,11 +48,6 @@ def hf_dir(tmp_path_factory):
     return directory
 
 
-@pytest.fixture(scope="module")
-def corpus_dir(tmp_path_factory):
-    return str(tmp_path_factory.mktemp("tfds"))
-
-
 def _bindings(model_dir, init_from_hf, corpus_dir, steps=STEPS, *more):
     return [
         f"MODEL_DIR = '{model_dir}'",

@@ -116,8 +116,8 @@ def test_table_sets_the_claim_beside_the_measurement():
     assert "## Caveats\n\n- Mind the gap." in text
 
 
-@pytest.mark.slow  # about a minute: builds the corpus, trains two arms for 3 steps
-def test_smoke_run_writes_results(tmp_path, monkeypatch):
+@pytest.mark.slow  # about a minute: trains two arms for 3 steps
+def test_smoke_run_writes_results(tmp_path, monkeypatch, corpus_dir):
     # This process evaluates with the session's 8 fake devices: start its backend before the
     # environment is changed for the training subprocesses (one device each).
     assert len(jax.devices()) == 8
@@ -125,7 +125,7 @@ def test_smoke_run_writes_results(tmp_path, monkeypatch):
     monkeypatch.delenv("XLA_FLAGS", raising=False)
     for name, value in env.items():
         monkeypatch.setenv(name, value)
-    monkeypatch.setenv("TFDS_DATA_DIR", str(tmp_path / "tfds"))
+    monkeypatch.setenv("TFDS_DATA_DIR", corpus_dir)  # the session's embedded corpus
     out = tmp_path / "lessons"
     code = lessons.main(
         [
@@ -136,7 +136,7 @@ def test_smoke_run_writes_results(tmp_path, monkeypatch):
             "--gin.TRAIN_STEPS=3",
             "--gin.WARMUP_STEPS=1",
             "--gin.EVAL_BATCHES=1",
-            # The programming-language loss only: building the natural corpus takes ~15 s.
+            # The programming-language loss only: one evaluation task keeps the smoke run short.
             '--gin.EVAL_TASKS=["stdlib_py_v1_causal"]',
         ]
     )

@@ -43,18 +43,13 @@ EXECUTION = (
 
 
 @pytest.fixture(scope="module")
-def corpus_dir(tmp_path_factory):
-    return str(tmp_path_factory.mktemp("tfds"))
-
-
-@pytest.fixture(scope="module")
 def cache(tmp_path_factory):
     return str(tmp_path_factory.mktemp("compilation_cache"))
 
 
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory, corpus_dir, cache):
-    """One process, two devices (it also builds the corpus before processes share it)."""
+    """One process, two devices, over the session's corpus (built before any run reads it)."""
     model_dir = tmp_path_factory.mktemp("runs") / "single_process"
     training_runs.run_to_completion(
         model_dir, corpus_dir, *BINDINGS, *EXECUTION, cache=cache, devices=2

@@ -228,8 +228,8 @@ def test_a_sweep_ships():
 
 
 @pytest.mark.slow
-def test_real_two_job_sweep(tmp_path, monkeypatch):
-    monkeypatch.setenv("TFDS_DATA_DIR", str(tmp_path / "tfds"))  # the embedded corpus, built once
+def test_real_two_job_sweep(tmp_path, monkeypatch, corpus_dir):
+    monkeypatch.setenv("TFDS_DATA_DIR", corpus_dir)  # the session's embedded corpus
     path = tmp_path / "real.sweep"
     path.write_text(
         textwrap.dedent("""\

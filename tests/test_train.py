@@ -35,11 +35,6 @@ from tests import training_runs
 from tests.data import tiny_bpe
 
 
-@pytest.fixture(scope="module")
-def corpus_dir(tmp_path_factory):
-    return str(tmp_path_factory.mktemp("tfds"))
-
-
 def test_tiny_run_learns_and_writes_its_records(tmp_path, corpus_dir):
     import tasks  # noqa: F401
 
@@ -240,20 +235,35 @@ def test_sigterm_saves_the_current_step_and_exits_zero(tmp_path, corpus_dir):
     assert step >= 4 and step == max(metrics.read_metrics(model_dir))
 
 
+CHAOS_STEPS = 150
+CHAOS_BINDINGS = (
+    f"--gin.TRAIN_STEPS={CHAOS_STEPS}",
+    "--gin.train.train.checkpoint_every=3",
+    "--gin.train.train.log_every=1",
+)
+
+
+@pytest.fixture(scope="module")
+def chaos_reference(tmp_path_factory, corpus_dir):
+    """The uninterrupted run every chaos seed must reproduce, run once for all of them.
+
+    Its persistent compilation cache is shared by the seeds' restarts too, so that no
+    restarted process compiles (the cached executable is the same program: bits don't move).
+    """
+    root = tmp_path_factory.mktemp("chaos")
+    reference, cache = root / "reference", str(root / "compilation_cache")
+    training_runs.run_to_completion(reference, corpus_dir, *CHAOS_BINDINGS, cache=cache)
+    return reference, cache
+
+
 @pytest.mark.slow
+@pytest.mark.xdist_group("sigkill_chaos")  # one worker: the seeds share chaos_reference
 @pytest.mark.parametrize("seed", [0, 1])
-def test_sigkill_chaos_resume_is_bitwise_identical(tmp_path, corpus_dir, seed):
+def test_sigkill_chaos_resume_is_bitwise_identical(tmp_path, corpus_dir, chaos_reference, seed):
     """Kills a real training process at random moments (many during async saves, which run
     every step); restarted each time, it must reproduce the uninterrupted run bit for bit."""
-    steps, kills_wanted = 150, 8
-    bindings = (
-        f"--gin.TRAIN_STEPS={steps}",
-        "--gin.train.train.checkpoint_every=3",
-        "--gin.train.train.log_every=1",
-    )
-    reference, chaos = tmp_path / "reference", tmp_path / "chaos"
-    cache = str(tmp_path / "compilation_cache")
-    training_runs.run_to_completion(reference, corpus_dir, *bindings, cache=cache)
+    steps, kills_wanted, bindings = CHAOS_STEPS, 8, CHAOS_BINDINGS
+    (reference, cache), chaos = chaos_reference, tmp_path / "chaos"
 
     rng, kills = random.Random(seed), 0
     while kills < kills_wanted:

@@ -21,29 +21,33 @@ TASK = "stdlib_py_v1_codegen2_mix"
 
 
 @pytest.fixture(scope="module")
-def built(tmp_path_factory):
-    """The embedded corpus's mixture cached by the command a user runs; (cache, tfds) dirs."""
-    root = tmp_path_factory.mktemp("cache")
-    cache_dir, data_dir = str(root / "cache"), str(root / "tfds")
-    command = [
-        sys.executable,
-        "-m",
-        "codegen2_jax.data.cache",
-        f"--tasks={MIXTURE}",
-        f"--output_cache_dir={cache_dir}",
-        "--min_shards=8",
-        f"--gin.tasks.stdlib_data_dir.path='{data_dir}'",
-    ]
-    result = subprocess.run(
-        command,
-        cwd=training_runs.REPO,
-        env=training_runs.subprocess_env(),
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert result.returncode == 0, result.stderr[-4000:]
-    return cache_dir, data_dir
+def built(shared_directory, corpus_dir):
+    """The embedded corpus's mixture cached by the command a user runs; (cache, tfds) dirs.
+
+    Built once per session (xdist workers share it); the tests only read it.
+    """
+
+    def run_the_command(cache_dir):
+        command = [
+            sys.executable,
+            "-m",
+            "codegen2_jax.data.cache",
+            f"--tasks={MIXTURE}",
+            f"--output_cache_dir={cache_dir}",
+            "--min_shards=8",
+            f"--gin.tasks.stdlib_data_dir.path='{corpus_dir}'",
+        ]
+        result = subprocess.run(
+            command,
+            cwd=training_runs.REPO,
+            env=training_runs.subprocess_env(),
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+        assert result.returncode == 0, result.stderr[-4000:]
+
+    return str(shared_directory("seqio_cache", run_the_command)), corpus_dir
 
 
 @pytest.fixture

@@ -74,14 +74,13 @@ def special_ids(code_vocab):
 
 
 @pytest.fixture(scope="module")
-def documents(tmp_path_factory):
+def documents(corpus_dir):
     """Every document of the embedded corpus: both configs, both splits."""
-    data_dir = str(tmp_path_factory.mktemp("tfds"))
     return [
         example["text"].decode("utf-8")
         for config in ("python", "natural")
         for split in ("train", "validation")
-        for example in corpus.StdlibSource(config, data_dir=data_dir)
+        for example in corpus.StdlibSource(config, data_dir=corpus_dir)
         .get_dataset(split, shuffle=False)
         .as_numpy_iterator()
     ]

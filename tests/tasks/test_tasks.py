@@ -30,12 +30,6 @@ def bindings():
     gin.clear_config()
 
 
-@pytest.fixture(scope="module")
-def stdlib_dir(tmp_path_factory):
-    """A TFDS data_dir the embedded corpus is built into once for this module."""
-    return str(tmp_path_factory.mktemp("tfds"))
-
-
 def _in_stack_holdout(path: str) -> bool:
     """Whether The Stack's 1% validation holdout takes this path."""
     return int(tf.strings.to_hash_bucket_fast(path, 100)) < 1
@@ -63,8 +57,8 @@ def test_names_follow_corpus_version_objective():
 
 
 @pytest.mark.parametrize("objective", list(objectives.OBJECTIVES))
-def test_stdlib_python_through_every_objective(bindings, stdlib_dir, objective):
-    bindings(f"tasks.stdlib_data_dir.path = '{stdlib_dir}'")
+def test_stdlib_python_through_every_objective(bindings, corpus_dir, objective):
+    bindings(f"tasks.stdlib_data_dir.path = '{corpus_dir}'")
     examples = _examples(f"stdlib_py_v1_{objective}")
     assert len(examples) == 8
     for ex in examples:
@@ -80,8 +74,8 @@ def test_stdlib_python_through_every_objective(bindings, stdlib_dir, objective):
         assert any(has_sep) and not all(has_sep)
 
 
-def test_stdlib_natural_language_reads(bindings, stdlib_dir):
-    bindings(f"tasks.stdlib_data_dir.path = '{stdlib_dir}'")
+def test_stdlib_natural_language_reads(bindings, corpus_dir):
+    bindings(f"tasks.stdlib_data_dir.path = '{corpus_dir}'")
     text = VOCAB.decode(_examples("stdlib_nl_v1_causal", count=1)[0]["targets"].tolist())
     assert text.strip()
 
@@ -91,8 +85,8 @@ def _paths(task: str, split: str) -> list[bytes]:
     return [ex["path"] for ex in source.get_dataset(split, shuffle=False).as_numpy_iterator()]
 
 
-def test_capped_corpus_is_a_tenth_of_the_training_documents(bindings, stdlib_dir):
-    bindings(f"tasks.stdlib_data_dir.path = '{stdlib_dir}'")
+def test_capped_corpus_is_a_tenth_of_the_training_documents(bindings, corpus_dir):
+    bindings(f"tasks.stdlib_data_dir.path = '{corpus_dir}'")
     full, tenth = "stdlib_py_v1_causal", "stdlib_py_tenth_v1_causal"
     full_train, capped_train = _paths(full, "train"), _paths(tenth, "train")
     assert capped_train == full_train[: len(capped_train)]
@@ -105,21 +99,21 @@ def test_capped_source_must_slice_the_train_split():
         corpus.StdlibSource("python", train_split="validation[:10%]")
 
 
-def test_gin_sets_the_mixture_rate(bindings, stdlib_dir):
+def test_gin_sets_the_mixture_rate(bindings, corpus_dir):
     bindings(
-        f"tasks.stdlib_data_dir.path = '{stdlib_dir}'", "tasks.mixture_params.causal_rate = 1.0"
+        f"tasks.stdlib_data_dir.path = '{corpus_dir}'", "tasks.mixture_params.causal_rate = 1.0"
     )
     assert not any(VOCAB.sep_id in ex["targets"] for ex in _examples("stdlib_py_v1_codegen2_mix"))
     gin.clear_config()
     bindings(
-        f"tasks.stdlib_data_dir.path = '{stdlib_dir}'", "tasks.mixture_params.causal_rate = 0.0"
+        f"tasks.stdlib_data_dir.path = '{corpus_dir}'", "tasks.mixture_params.causal_rate = 0.0"
     )
     assert all(VOCAB.sep_id in ex["targets"] for ex in _examples("stdlib_py_v1_codegen2_mix"))
 
 
-def test_gin_sets_span_parameters(bindings, stdlib_dir):
+def test_gin_sets_span_parameters(bindings, corpus_dir):
     bindings(
-        f"tasks.stdlib_data_dir.path = '{stdlib_dir}'",
+        f"tasks.stdlib_data_dir.path = '{corpus_dir}'",
         "tasks.span_params.max_spans = 1",
         "tasks.span_params.min_mask_ratio = 0.3",
         "tasks.span_params.max_mask_ratio = 0.31",
@@ -131,8 +125,8 @@ def test_gin_sets_span_parameters(bindings, stdlib_dir):
         assert ex["loss_weights"][: targets.index(VOCAB.sep_id) + 1].sum() == 0
 
 
-def test_nl_pl_mixture_makes_packed_batches(bindings, stdlib_dir):
-    bindings(f"tasks.stdlib_data_dir.path = '{stdlib_dir}'")
+def test_nl_pl_mixture_makes_packed_batches(bindings, corpus_dir):
+    bindings(f"tasks.stdlib_data_dir.path = '{corpus_dir}'")
     dataset = pipeline.make_dataset(
         "stdlib_v1_nl_pl_mix", feature_lengths={"targets": 64}, batch_size=2, seed=3
     )
@@ -204,8 +198,8 @@ def test_unknown_language_rate_is_rejected(bindings):
         mixtures.the_stack_rates()
 
 
-def test_shipped_mixture_resumes_exactly(bindings, stdlib_dir):
-    bindings(f"tasks.stdlib_data_dir.path = '{stdlib_dir}'")
+def test_shipped_mixture_resumes_exactly(bindings, corpus_dir):
+    bindings(f"tasks.stdlib_data_dir.path = '{corpus_dir}'")
     kwargs = dict(feature_lengths={"targets": 64}, batch_size=2, seed=11)
     iterator = pipeline.make_iterator("stdlib_v1_nl_pl_mix", **kwargs)
     next(iterator)
