@@ -192,10 +192,3 @@ def test_held_out_losses_follow_the_eval_tasks_of_the_run_record(monkeypatch):
     one = dataclasses.replace(run, eval_tasks=("pl_task",))
     monkeypatch.setattr(trained_model, "saved_run", lambda directory: one)
     assert lessons._held_out_losses("/job", last) == {}
-
-
-def test_saved_macro_reads_literal_values_of_a_config_text():
-    text = "PL_EVAL_TASK = 'the_stack_python_v1_causal'\nEVAL_TASKS = [%PL_EVAL_TASK]\n"
-    assert gin_config.saved_macro(text, "PL_EVAL_TASK") == "the_stack_python_v1_causal"
-    assert gin_config.saved_macro(text, "EVAL_TASKS") is None  # a reference, not a literal
-    assert gin_config.saved_macro(text, "MISSING") is None

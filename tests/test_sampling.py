@@ -357,6 +357,13 @@ def test_older_checkpoint_reader_takes_prefix_lm_from_the_objective_macro():
     assert read(SAVED_GIN + "OBJECTIVE = 'prefix_lm'\n").prefix_lm
 
 
+def test_saved_macro_reads_literal_values_of_a_config_text():
+    text = "PL_EVAL_TASK = 'the_stack_python_v1_causal'\nEVAL_TASKS = [%PL_EVAL_TASK]\n"
+    assert gin_config.saved_macro(text, "PL_EVAL_TASK") == "the_stack_python_v1_causal"
+    assert gin_config.saved_macro(text, "EVAL_TASKS") is None  # a reference, not a literal
+    assert gin_config.saved_macro(text, "MISSING") is None
+
+
 def test_older_checkpoint_reader_reads_only_the_model_bindings():
     # `tasks` is never imported: its statements are dropped before gin sees them.
     assert trained_model.run_record_of_older_checkpoint(SAVED_GIN).model == CONFIG
