@@ -189,6 +189,6 @@ def test_held_out_losses_follow_the_eval_tasks_of_the_run_record(monkeypatch):
     monkeypatch.setattr(trained_model, "saved_run", lambda directory: run)
     last = {"eval/pl_task/loss": 2.0, "eval/nl_task/loss": 3.0, "loss": 1.0}
     assert lessons._held_out_losses("/job", last) == {"pl_loss": 2.0, "nl_loss": 3.0}
-    one = dataclasses.replace(run, eval_tasks=("pl_task",))
-    monkeypatch.setattr(trained_model, "saved_run", lambda directory: one)
-    assert lessons._held_out_losses("/job", last) == {}
+    pl_only = dataclasses.replace(run, eval_tasks=("pl_task",))
+    monkeypatch.setattr(trained_model, "saved_run", lambda directory: pl_only)
+    assert lessons._held_out_losses("/job", last) == {"pl_loss": 2.0}
