@@ -5,8 +5,10 @@ Each step directory holds three orbax items, committed together:
   state          the TrainState (StandardSave; saved asynchronously: arrays are copied off
                  the devices before save() returns and written by a background thread).
   data_position  each process's data pipeline position, an opaque blob (process_blobs.py).
-  manifest       JSON: the operative gin config and a fingerprint of every array
-                 (checksums.py), sealed by a digest of the manifest itself.
+  manifest       JSON: the operative gin config, the run record (what the run trained: its
+                 model config, objective, tasks and tokenizer, as data; trained_model.py
+                 reads it) and a fingerprint of every array (checksums.py), sealed by a
+                 digest of the manifest itself.
 
 The fingerprints are computed on the arrays' devices: save() only dispatches them, and the
 manifest is written in the background commit once they arrive (so is a refusal of a
@@ -51,10 +53,15 @@ logger = logging.getLogger(__name__)
 STATE, DATA_POSITION, MANIFEST = "state", "data_position", "manifest"
 PARAMS = "params"  # TrainState's field: restore_latest_params reads only this subtree
 SET_ASIDE_DIR = "set_aside"
-FORMAT_VERSION = 2
-# What each manifest format's array records hold: 2, digests computed on device; 1, SHA-256
-# computed on the host (steps saved before format 2, still restored and verified).
-_FINGERPRINTS = {2: checksums.fingerprint, 1: checksums.sha256_fingerprint}
+FORMAT_VERSION = 3
+# What each manifest format's array records hold: 3 and 2, digests computed on device; 1,
+# SHA-256 computed on the host (steps saved before format 2, still restored and verified).
+# Format 3 added the run record; older steps have none (run_record returns None).
+_FINGERPRINTS = {
+    3: checksums.fingerprint,
+    2: checksums.fingerprint,
+    1: checksums.sha256_fingerprint,
+}
 MANIFEST_FILE = "metadata"
 
 
@@ -79,12 +86,16 @@ class _UnusableStep(Exception):
 
 
 class RestoredCheckpoint(NamedTuple):
-    """What restore_latest returns (restore_latest_params: the params as state, no position)."""
+    """What restore_latest returns (restore_latest_params: the params as state, no position).
+
+    run is the step's run record (None: saved before format 3, or saved without one).
+    """
 
     state: Any
     data_position: bytes | None
     gin_config: str
     step: int
+    run: dict[str, Any] | None
 
 
 def _digest(manifest: dict[str, Any]) -> str:
@@ -208,7 +219,14 @@ class Checkpointer:
         """Committed steps, oldest first."""
         return sorted(self._manager.all_steps())
 
-    def save(self, step: int, state, data_position: bytes, gin_config: str) -> bool:
+    def save(
+        self,
+        step: int,
+        state,
+        data_position: bytes,
+        gin_config: str,
+        run: dict[str, Any] | None = None,
+    ) -> bool:
         """Starts saving `state` as `step`; fingerprints and writes finish in the background.
 
         Args:
@@ -217,6 +235,7 @@ class Checkpointer:
           data_position: this process's data pipeline position, returned unchanged to the
             same process by restore_latest.
           gin_config: the operative gin config text.
+          run: the run record, any JSON-ready dict (trained_model.RunRecord.to_json()).
 
         Returns:
           False (nothing written) when `step` is not newer than the latest committed step,
@@ -237,7 +256,9 @@ class Checkpointer:
         items = {
             STATE: ocp.args.StandardSave(state),
             DATA_POSITION: process_blobs.ProcessBlobSave(data_position),
-            MANIFEST: _ManifestSave(functools.partial(_manifest, step, fingerprints, gin_config)),
+            MANIFEST: _ManifestSave(
+                functools.partial(_manifest, step, fingerprints, gin_config, run)
+            ),
         }
         # An asynchronous save dispatches the digests after orbax's save, whose copy of the
         # arrays to the host they would slow where the devices are the host's own cores; a
@@ -337,9 +358,16 @@ class Checkpointer:
 
     def gin_config(self, step: int) -> str:
         """The gin config that one given step was trained with (no arrays are read)."""
+        return self._manifest_of(step)["gin_config"]
+
+    def run_record(self, step: int) -> dict[str, Any] | None:
+        """The run record of one given step (None: it has none); no arrays are read."""
+        return self._manifest_of(step).get("run")
+
+    def _manifest_of(self, step: int) -> dict[str, Any]:
         self._require_committed(step)
         try:
-            return _agreed(functools.partial(self._read_manifest, step))["gin_config"]
+            return _agreed(functools.partial(self._read_manifest, step))
         except _UnusableStep as e:
             raise CheckpointError(f"checkpoint step {step} in {self.directory}: {e}") from e
 
@@ -364,11 +392,12 @@ class Checkpointer:
                 self._discard(self.directory / str(step), str(e))
         return None
 
-    def latest_gin_config(self) -> str | None:
-        """The gin config of the newest step with an intact manifest (no arrays are read)."""
+    def latest_intact_step(self) -> int | None:
+        """The newest step whose manifest is intact (no arrays are read), or None."""
         for step in reversed(self.all_steps()):
             try:
-                return _agreed(functools.partial(self._read_manifest, step))["gin_config"]
+                _agreed(functools.partial(self._read_manifest, step))
+                return step
             except _UnusableStep as e:
                 logger.error("checkpoint step %d in %s: %s", step, self.directory, e)
         return None
@@ -381,7 +410,9 @@ class Checkpointer:
         )
         data_position = _agreed(lambda: self._read_data_position(step))
         logger.info("restored checkpoint step %d from %s", step, self.directory)
-        return RestoredCheckpoint(state, data_position, manifest["gin_config"], step)
+        return RestoredCheckpoint(
+            state, data_position, manifest["gin_config"], step, manifest.get("run")
+        )
 
     def _restore_params(self, step: int, target) -> RestoredCheckpoint:
         manifest = _agreed(lambda: self._read_manifest(step))
@@ -394,7 +425,9 @@ class Checkpointer:
         )
         part = self._read_verified(step, manifest["format_version"], saved, wanted, args)
         logger.info("restored the parameters of step %d from %s", step, self.directory)
-        return RestoredCheckpoint(part[PARAMS], None, manifest["gin_config"], step)
+        return RestoredCheckpoint(
+            part[PARAMS], None, manifest["gin_config"], step, manifest.get("run")
+        )
 
     def _read_verified(self, step: int, format_version: int, saved, target, args):
         """The state item (or the part `target` names), checked against its saved fingerprints."""
@@ -497,7 +530,12 @@ def _fulfil(future: concurrent.futures.Future, make: Callable, *args) -> None:
         raise
 
 
-def _manifest(step: int, fingerprints: concurrent.futures.Future, gin_config: str) -> dict:
+def _manifest(
+    step: int,
+    fingerprints: concurrent.futures.Future,
+    gin_config: str,
+    run: dict[str, Any] | None,
+) -> dict:
     """The sealed manifest; waits for the fingerprints (in the background commit)."""
     records, non_finite = fingerprints.result().result()  # the dispatched work, then its result
     if non_finite:
@@ -506,6 +544,7 @@ def _manifest(step: int, fingerprints: concurrent.futures.Future, gin_config: st
         "format_version": FORMAT_VERSION,
         "step": step,
         "gin_config": gin_config,
+        "run": run,
         "arrays": records,
     }
     return {**body, "sha256": _digest(body)}

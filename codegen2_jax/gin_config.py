@@ -179,7 +179,8 @@ def split_gin_args(argv: Sequence[str]) -> tuple[list[str], list[str]]:
 def saved_statements(text: str) -> list[str]:
     """A saved gin config text as statements (continuation lines joined, comments dropped).
 
-    Reading a run's config.gin this way imports none of the modules it binds.
+    Reading a saved config this way imports none of the modules it binds (trained_model reads
+    checkpoints saved before their run record so).
     """
     statements, current, depth = [], [], 0
     for line in text.splitlines():

@@ -30,6 +30,7 @@ from codegen2_jax import (
     lessons_report,
     sweep,
     sweep_summary,
+    trained_model,
 )
 from codegen2_jax.lessons_eval import EvalSettings
 from codegen2_jax.lessons_report import Claim, Lesson
@@ -49,7 +50,9 @@ ARMS = {
     )
 }
 # Each loss is the final evaluation of the task that a base.gin macro names.
-LOSS_TASK_MACROS = {"pl_loss": "PL_EVAL_TASK", "nl_loss": "NL_EVAL_TASK"}
+# The held-out losses reported, in the order of every arm's EVAL_TASKS (experiments/lessons/
+# base.gin: PL_EVAL_TASK, then NL_EVAL_TASK), which each checkpoint's run record keeps.
+LOSS_NAMES = ("pl_loss", "nl_loss")
 
 LESSONS = {
     1: Lesson(
@@ -232,16 +235,18 @@ def job_metrics(model_dir: str, last: dict[str, float], scale: Scale, seed: int)
     if not _finished(model_dir):
         logger.error("no final metrics in %s: see its train.log", model_dir)
         return {}
-    with open(os.path.join(model_dir, "config.gin"), encoding="utf-8") as f:
-        config = f.read()
-    losses = {}
-    for name, macro in LOSS_TASK_MACROS.items():
-        task = gin_config.saved_macro(config, macro)
-        if task is None:
-            logger.error("%s/config.gin sets no %s: %s is not reported", model_dir, macro, name)
-        elif (key := f"eval/{task}/loss") in last:
-            losses[name] = last[key]
+    losses = _held_out_losses(model_dir, last)
     return losses | lessons_eval.evaluate_job(model_dir, scale.evaluation, seed)
+
+
+def _held_out_losses(model_dir: str, last: dict[str, float]) -> dict[str, float]:
+    """{pl_loss, nl_loss} of a job's final metrics, its eval tasks read from its run record."""
+    eval_tasks = trained_model.saved_run(os.path.join(model_dir, "checkpoints")).eval_tasks
+    if not eval_tasks:
+        logger.error("%s evaluated no held-out task: no held-out loss is reported", model_dir)
+    # A run that evaluates fewer tasks (a smoke run: PL_EVAL_TASK alone) reports what it has.
+    names = zip(LOSS_NAMES, eval_tasks, strict=False)
+    return {name: last[key] for name, task in names if (key := f"eval/{task}/loss") in last}
 
 
 def run(

@@ -31,6 +31,7 @@ def train(
     partitioner: Partitioner,
     optimizer: optax.GradientTransformation,
     train_task: str,
+    prefix_lm: bool = False,
     batch_size: int,
     seq_len: int,
     total_steps: int,
@@ -63,6 +64,8 @@ def train(
     overruns its limit or, in multi-process runs, another process falls silent.
 
     Args (the less obvious ones):
+      prefix_lm: whether train_task's objective reads prompts as bidirectional prefixes
+        (gin: from OBJECTIVE); recorded with each checkpoint for sampling and evaluation.
       data_shards: how many shards the data is split into (default: one per process); each
         process reads data_shards / process_count of them, so runs over different process
         counts with the same data_shards see the same global batches.
@@ -88,6 +91,13 @@ def train(
     checkpoint_dir = os.path.join(model_dir, "checkpoints")
     vocabulary = pipeline.task_vocabulary(train_task)
     _record_vocabulary(checkpoint_dir, vocabulary, model_config)
+    run = trained_model.RunRecord(
+        model=model_config,
+        prefix_lm=prefix_lm,
+        train_task=train_task,
+        eval_tasks=tuple(eval_tasks),
+        vocabulary=trained_model.vocabulary_record(vocabulary),
+    ).to_json()
     model = Decoder(model_config)
     shape = (batch_size, seq_len)
     abstract, shardings = train_state.state_shardings(model, optimizer, shape, partitioner)
@@ -118,7 +128,7 @@ def train(
             partitioner,
             vocabulary,
             execution_eval,
-            prefix_prompt=trained_model.trained_as_prefix_lm(config_text),
+            prefix_prompt=prefix_lm,
         )
         evaluations.append(Evaluation("execution evaluation", execution_eval.every, execution))
     dog = watchdog.Watchdog.for_this_process(
@@ -131,7 +141,7 @@ def train(
             step_fn=step_fn,
             next_batch=lambda: partitioner.global_batch(next(data)),
             save=lambda state: checkpointer.save(
-                int(state.step), state, data.save_position(), config_text
+                int(state.step), state, data.save_position(), config_text, run
             ),
             evaluations=evaluations,
             progress=metrics.Progress(model_config, seq_len, batch_size * seq_len, total_steps),

@@ -1,8 +1,8 @@
 """A model trained here, read back from its Checkpointer directory (usually MODEL_DIR/checkpoints).
 
-Each step stores the gin config it was trained with; its TransformerConfig bindings rebuild the
-model, and its OBJECTIVE says whether prompts are bidirectional prefixes (a prefix-LM). The
-tokenizer is the one training kept beside the steps (vocabulary/). Only the parameters are read
+Each step stores a run record (RunRecord): the TransformerConfig that rebuilds the model,
+whether prompts are bidirectional prefixes (a prefix-LM), the tasks and what identifies the
+tokenizer, which training kept beside the steps (vocabulary/). Only the parameters are read
 (and verified against the step's digests); the optimizer state stays on disk. Sampling,
 evaluation and export all load models this way.
 """
@@ -10,6 +10,8 @@ evaluation and export all load models this way.
 from __future__ import annotations
 
 import ast
+import dataclasses
+import hashlib
 import logging
 import re
 from typing import Any, NamedTuple
@@ -21,16 +23,78 @@ from etils import epath
 from codegen2_jax import checkpointing, gin_config, partitioning, train_state
 from codegen2_jax.model import Decoder, TransformerConfig
 
-MODEL_IMPORT = "from codegen2_jax.model import config"
-PREFIX_LM_OBJECTIVE = "prefix_lm"  # tasks/objectives.py's name; prompts become prefixes
+_MODEL_IMPORT = "from codegen2_jax.model import config"  # in an older step's gin config
 
 logger = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class RunRecord:
+    """What a run trained, as data: each checkpoint step stores it beside its gin config.
+
+    Attributes:
+      model: the model's TransformerConfig.
+      prefix_lm: whether prompts were bidirectional prefixes (the prefix_lm objective).
+      train_task: the seqio task or mixture trained on (None: a step older than the record).
+      eval_tasks: the held-out tasks scored during training, in their configured order.
+      vocabulary: what identifies the tokenizer kept in vocabulary/ (vocabulary_record);
+        None: a step older than the record.
+    """
+
+    model: TransformerConfig
+    prefix_lm: bool
+    train_task: str | None
+    eval_tasks: tuple[str, ...]
+    vocabulary: dict[str, Any] | None
+
+    def to_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_json(cls, record: dict[str, Any]) -> RunRecord:
+        model, eval_tasks = TransformerConfig.from_dict(record["model"]), record["eval_tasks"]
+        return cls(**{**record, "model": model, "eval_tasks": tuple(eval_tasks)})
+
+
+def vocabulary_record(vocabulary) -> dict[str, Any]:
+    """What identifies a tokenizer: its saved file's name and SHA-256, and its size."""
+    from codegen2_jax.data import vocab  # imports seqio and TensorFlow
+
+    name, contents = vocab.vocabulary_file(vocabulary)
+    return {
+        "file": name,
+        "sha256": hashlib.sha256(contents).hexdigest(),
+        "vocab_size": vocabulary.vocab_size,
+    }
+
+
+def _recorded_run(record: dict[str, Any] | None, text: str) -> RunRecord:
+    """A step's run record; `text`, its gin config, serves only steps saved without one."""
+    if record is None:
+        return run_record_of_older_checkpoint(text)
+    return RunRecord.from_json(record)
+
+
+def run_record_of_older_checkpoint(text: str) -> RunRecord:
+    """The reader of steps saved before the run record (checkpoint format 2 and older).
+
+    Their gin config text is all they store: its TransformerConfig bindings rebuild the
+    model, its OBJECTIVE macro says whether it trained a prefix-LM; the tasks and the
+    tokenizer's identity are unknown.
+    """
+    gin.clear_config(clear_constants=True)
+    gin.parse_config(
+        "\n".join(s for s in gin_config.saved_statements(text) if _is_model_statement(s))
+    )
+    model = gin_config.configured(TransformerConfig)()
+    prefix_lm = gin_config.saved_macro(text, "OBJECTIVE") == "prefix_lm"
+    return RunRecord(model, prefix_lm, train_task=None, eval_tasks=(), vocabulary=None)
 
 
 def _is_model_statement(statement: str) -> bool:
     # Only what TransformerConfig reads: other bindings name modules (tasks, train) whose
     # import would need TensorFlow, and are of no use here.
-    if statement.startswith(("from __gin__", MODEL_IMPORT, "config.TransformerConfig.")):
+    if statement.startswith(("from __gin__", _MODEL_IMPORT, "config.TransformerConfig.")):
         return True
     macro = gin_config.macro_assignment(statement)
     if macro is None:
@@ -41,20 +105,6 @@ def _is_model_statement(statement: str) -> bool:
         return True
     except (ValueError, SyntaxError):
         return re.fullmatch(r"%[\w.]+", value) is not None
-
-
-def trained_as_prefix_lm(text: str) -> bool:
-    """Whether a saved gin config text trained a prefix-LM (its OBJECTIVE macro)."""
-    return gin_config.saved_macro(text, "OBJECTIVE") == PREFIX_LM_OBJECTIVE
-
-
-def model_config_from_gin(text: str) -> TransformerConfig:
-    """The TransformerConfig that a saved gin config text binds (its other bindings ignored)."""
-    gin.clear_config(clear_constants=True)
-    gin.parse_config(
-        "\n".join(s for s in gin_config.saved_statements(text) if _is_model_statement(s))
-    )
-    return gin_config.configured(TransformerConfig)()
 
 
 def _single_device() -> partitioning.Partitioner:
@@ -68,13 +118,12 @@ def _checkpointer(directory: str) -> checkpointing.Checkpointer:
     return checkpointing.Checkpointer(directory, read_only=True)
 
 
-def saved_gin_config(directory: str, step: int | None = None) -> str:
-    """The gin config text stored with a step (None: the newest intact one)."""
+def saved_run(directory: str, step: int | None = None) -> RunRecord:
+    """The run record of a step (None: the newest one whose manifest is intact)."""
     with _checkpointer(directory) as checkpointer:
-        text = checkpointer.latest_gin_config() if step is None else checkpointer.gin_config(step)
-    if text is None:
-        raise FileNotFoundError(f"no committed checkpoint in {directory}")
-    return text
+        if step is None and (step := checkpointer.latest_intact_step()) is None:
+            raise FileNotFoundError(f"no committed checkpoint in {directory}")
+        return _recorded_run(checkpointer.run_record(step), checkpointer.gin_config(step))
 
 
 def restore_params(directory: str, config: TransformerConfig, step: int | None = None):
@@ -87,7 +136,7 @@ def restore_params(directory: str, config: TransformerConfig, step: int | None =
             restored = checkpointer.restore_params(step, abstract, shardings)
     if restored is None:
         raise FileNotFoundError(f"no valid checkpoint in {directory}")
-    if model_config_from_gin(restored.gin_config) != config:
+    if _recorded_run(restored.run, restored.gin_config).model != config:
         raise ValueError(f"step {restored.step} in {directory} was trained with another model")
     return restored.state, restored.step
 
@@ -111,15 +160,29 @@ class TrainedModel(NamedTuple):
 
 def load(directory: str, step: int | None = None) -> TrainedModel:
     """A step of a Checkpointer directory (None: the newest valid one)."""
+    run = saved_run(directory, step)
+    params, step = restore_params(directory, run.model, step)
+    vocabulary = _saved_vocabulary(directory, run.vocabulary)
+    return TrainedModel(params, run.model, vocabulary, run.prefix_lm, step)
+
+
+def _saved_vocabulary(directory: str, recorded: dict[str, Any] | None):
+    """The tokenizer kept in directory's vocabulary/, checked against the one recorded.
+
+    Raises:
+      ValueError: vocabulary/ holds another tokenizer than the run recorded, or none.
+    """
     from codegen2_jax.data import vocab  # imports seqio and TensorFlow
 
-    text = saved_gin_config(directory, step)
-    config = model_config_from_gin(text)
-    params, step = restore_params(directory, config, step)
-    vocabulary = vocab.load_saved_vocabulary(
-        f"{directory.rstrip('/')}/{vocab.SAVED_VOCABULARY_DIR}"
-    )
-    if vocabulary is None:  # saved before training kept its tokenizer
-        logger.warning("%s keeps no tokenizer: using the shipped one", directory)
-        vocabulary = vocab.default_vocabulary()
-    return TrainedModel(params, config, vocabulary, trained_as_prefix_lm(text), step)
+    saved_dir = f"{directory.rstrip('/')}/{vocab.SAVED_VOCABULARY_DIR}"
+    vocabulary = vocab.load_saved_vocabulary(saved_dir)
+    if recorded is None:  # a step older than the record
+        if vocabulary is None:  # and than training keeping its tokenizer
+            logger.warning("%s keeps no tokenizer: using the shipped one", directory)
+            return vocab.default_vocabulary()
+        return vocabulary
+    if vocabulary is None or vocabulary_record(vocabulary) != recorded:
+        raise ValueError(
+            f"{saved_dir} does not hold the tokenizer the run trained with ({recorded})"
+        )
+    return vocabulary

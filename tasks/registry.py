@@ -42,6 +42,11 @@ def task_name(corpus: str, version: str, objective: str) -> str:
     return f"{corpus}_{version}_{objective}"
 
 
+def is_prefix_lm(objective: str) -> bool:
+    """Whether an objective reads prompts as bidirectional prefixes (gin: train's prefix_lm)."""
+    return objectives.OBJECTIVES.get(objective) is objectives.prefix_lm
+
+
 def register_corpus(
     corpus: str,
     version: str,

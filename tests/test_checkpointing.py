@@ -34,6 +34,7 @@ CONFIG = TransformerConfig(
 BATCH_SHAPE = (8, 16)
 DATA_POSITION = np.random.default_rng(0).bytes(4 << 20)  # real positions reach ~20 MB
 GIN_CONFIG = "# operative config\ntrain.num_steps = 10\nNAME = 'κ→∞'\n"
+RUN = {"model": {"num_layers": 2}, "prefix_lm": True, "train_task": "t", "eval_tasks": []}
 
 
 def make_states():
@@ -63,7 +64,7 @@ def assert_bit_identical(actual, expected):
 def save_steps(directory, states_by_step, **kwargs):
     with checkpointing.Checkpointer(directory, **kwargs) as ckpt:
         for step, state in states_by_step.items():
-            assert ckpt.save(step, state, DATA_POSITION + bytes([step]), GIN_CONFIG)
+            assert ckpt.save(step, state, DATA_POSITION + bytes([step]), GIN_CONFIG, RUN)
 
 
 def restore(directory, setup):
@@ -83,9 +84,10 @@ def test_round_trip_is_bit_identical(tmp_path, setup):
     restored = restore(tmp_path, setup)
     assert restored.step == 7
     assert restored.data_position == DATA_POSITION + bytes([7])
-    assert restored.gin_config == GIN_CONFIG
+    assert (restored.gin_config, restored.run) == (GIN_CONFIG, RUN)
     with checkpointing.Checkpointer(tmp_path) as ckpt:
-        assert ckpt.latest_gin_config() == GIN_CONFIG
+        assert ckpt.latest_intact_step() == 7
+        assert (ckpt.gin_config(7), ckpt.run_record(7)) == (GIN_CONFIG, RUN)
     assert_bit_identical(restored.state, second)
     for leaf, sharding in zip(
         jax.tree.leaves(restored.state), jax.tree.leaves(shardings), strict=True
@@ -319,6 +321,21 @@ def test_damaged_newest_step_is_set_aside(tmp_path, setup, caplog, damage, reaso
     assert sorted(os.listdir(tmp_path)) == ["1", checkpointing.SET_ASIDE_DIR]
 
 
+def test_a_step_saved_in_format_2_restores_without_a_run_record(tmp_path, setup):
+    _, _, _, second = setup
+    save_steps(tmp_path, {1: second})
+    path = tmp_path / "1" / checkpointing.MANIFEST / checkpointing.MANIFEST_FILE
+    body = json.loads(path.read_text())
+    del body["sha256"], body["run"]
+    body.update(format_version=2)
+    path.write_text(json.dumps({**body, "sha256": checkpointing._digest(body)}))
+    restored = restore(tmp_path, setup)
+    assert (restored.step, restored.run) == (1, None)
+    assert_bit_identical(restored.state, second)
+    with checkpointing.Checkpointer(tmp_path) as ckpt:
+        assert ckpt.run_record(1) is None
+
+
 def test_a_step_saved_in_format_1_restores(tmp_path, setup):
     _, _, _, second = setup
     save_steps(tmp_path, {1: second})
@@ -335,7 +352,7 @@ def test_read_only_reader_skips_damage_and_changes_nothing(tmp_path, setup, capl
     in_flight.mkdir()
     before = sorted(os.listdir(tmp_path))
     with checkpointing.Checkpointer(tmp_path, read_only=True) as ckpt, caplog.at_level("ERROR"):
-        assert ckpt.latest_gin_config() == GIN_CONFIG
+        assert ckpt.latest_intact_step() == 1
         restored = ckpt.restore_latest(abstract, shardings)
         with pytest.raises(checkpointing.CheckpointError, match="read-only"):
             ckpt.save(4, first, b"4", GIN_CONFIG)
@@ -348,7 +365,7 @@ def test_read_only_reader_skips_damage_and_changes_nothing(tmp_path, setup, capl
 def test_read_only_reader_of_a_missing_directory_finds_nothing(tmp_path, setup):
     abstract, shardings, _, _ = setup
     with checkpointing.Checkpointer(tmp_path / "absent", read_only=True) as ckpt:
-        assert ckpt.latest_gin_config() is None
+        assert ckpt.latest_intact_step() is None
         assert ckpt.restore_latest(abstract, shardings) is None
     assert not (tmp_path / "absent").exists()
 

@@ -1,13 +1,16 @@
 """The lessons runner: arms, claims, held-out infill problems, verdicts, table, smoke run."""
 
+import dataclasses
 import json
 import textwrap
 
+import gin
 import jax
 import pytest
 
-from codegen2_jax import gin_config, lessons, lessons_eval, lessons_report
+from codegen2_jax import gin_config, lessons, lessons_eval, lessons_report, trained_model
 from codegen2_jax.lessons_report import Claim
+from codegen2_jax.model import TransformerConfig
 from tests import training_runs
 
 
@@ -170,8 +173,22 @@ def test_a_scale_binds_its_own_corpora_through_the_base_macros():
         assert gin_config.configured(registry.task_name)() == task
 
 
-def test_saved_macro_reads_literal_values_of_a_config_text():
-    text = "PL_EVAL_TASK = 'the_stack_python_v1_causal'\nEVAL_TASKS = [%PL_EVAL_TASK]\n"
-    assert gin_config.saved_macro(text, "PL_EVAL_TASK") == "the_stack_python_v1_causal"
-    assert gin_config.saved_macro(text, "EVAL_TASKS") is None  # a reference, not a literal
-    assert gin_config.saved_macro(text, "MISSING") is None
+def test_each_arm_tells_train_whether_it_trains_a_prefix_lm():
+    import tasks  # noqa: F401  (registers the tasks the arms name)
+
+    for arm, experiment in lessons.ARMS.items():
+        gin_config.parse([experiment], ["MODEL_DIR = '/unused'"])
+        bound = gin.query_parameter("train.train.prefix_lm").scoped_configurable_fn()
+        assert bound == (arm == "prefix_lm"), arm
+
+
+def test_held_out_losses_follow_the_eval_tasks_of_the_run_record(monkeypatch):
+    run = trained_model.RunRecord(
+        TransformerConfig(), False, "t", ("pl_task", "nl_task"), vocabulary=None
+    )
+    monkeypatch.setattr(trained_model, "saved_run", lambda directory: run)
+    last = {"eval/pl_task/loss": 2.0, "eval/nl_task/loss": 3.0, "loss": 1.0}
+    assert lessons._held_out_losses("/job", last) == {"pl_loss": 2.0, "nl_loss": 3.0}
+    pl_only = dataclasses.replace(run, eval_tasks=("pl_task",))
+    monkeypatch.setattr(trained_model, "saved_run", lambda directory: pl_only)
+    assert lessons._held_out_losses("/job", last) == {"pl_loss": 2.0}

@@ -4,6 +4,7 @@ Model outputs are compared in fp32 on a tiny model; the sharded run must pick ex
 tokens the single-device run picks (same keys; jax's random bits do not depend on sharding).
 """
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -295,15 +296,89 @@ def test_prefix_lm_greedy_reads_the_prompt_as_a_bidirectional_prefix(params, gre
     assert not np.array_equal(out.tokens, greedy[1].tokens)
 
 
-def test_objective_of_a_saved_config_decides_prefix_lm_prompts():
-    assert not trained_model.trained_as_prefix_lm(SAVED_GIN)
-    assert not trained_model.trained_as_prefix_lm(SAVED_GIN + "OBJECTIVE = 'codegen2_mix'\n")
-    assert trained_model.trained_as_prefix_lm(SAVED_GIN + "OBJECTIVE = 'prefix_lm'\n")
+def _save_trained(directory, gin_text, run):
+    """A step 7 of CONFIG's model saved with gin_text and run, the shipped tokenizer kept."""
+    from codegen2_jax.data import vocab
+
+    partitioner = partitioning.make_partitioner(rules=(), data=1, devices=jax.devices()[:1])
+    optimizer = optim.make_optimizer(warmup_steps=1, total_steps=10)
+    state = train_state.init_train_state(Decoder(CONFIG), optimizer, (1, 8), partitioner, 0)
+    with checkpointing.Checkpointer(directory, async_save=False) as checkpointer:
+        checkpointer.save(7, state, b"", gin_text, run)
+    vocab.save_vocabulary(vocab.default_vocabulary(), str(directory / vocab.SAVED_VOCABULARY_DIR))
 
 
-def test_model_config_from_gin_reads_only_the_model_bindings():
+def _shipped_tokenizer_run(prefix_lm: bool) -> trained_model.RunRecord:
+    from codegen2_jax.data import vocab
+
+    shipped = trained_model.vocabulary_record(vocab.default_vocabulary())
+    return trained_model.RunRecord(CONFIG, prefix_lm, "stdlib_py_v1_prefix_lm", (), shipped)
+
+
+def test_a_step_is_rebuilt_from_its_run_record_whatever_its_gin_text_says(tmp_path):
+    # The gin text names no model and a causal OBJECTIVE: the record alone decides.
+    run = _shipped_tokenizer_run(prefix_lm=True)
+    _save_trained(tmp_path, "OBJECTIVE = 'causal'\n", run.to_json())
+    trained = trained_model.load(str(tmp_path))
+    assert (trained.config, trained.prefix_prompt, trained.step) == (CONFIG, True, 7)
+    assert trained_model.saved_run(str(tmp_path)) == run
+    assert trained_model.vocabulary_record(trained.vocabulary) == run.vocabulary
+
+
+def test_a_step_whose_kept_tokenizer_is_not_the_recorded_one_is_refused(tmp_path):
+    run = _shipped_tokenizer_run(prefix_lm=False)
+    other = dataclasses.replace(run, vocabulary={**run.vocabulary, "sha256": "0" * 64})
+    _save_trained(tmp_path, "", other.to_json())
+    with pytest.raises(ValueError, match="does not hold the tokenizer the run trained with"):
+        trained_model.load(str(tmp_path))
+
+
+def test_a_step_saved_before_the_run_record_is_read_from_its_gin_text(tmp_path):
+    _save_trained(tmp_path, SAVED_GIN + "OBJECTIVE = 'prefix_lm'\n", None)
+    rewrite_as_format_2(tmp_path / "7")
+    trained = trained_model.load(str(tmp_path))
+    assert (trained.config, trained.prefix_prompt, trained.step) == (CONFIG, True, 7)
+    assert trained_model.saved_run(str(tmp_path)).train_task is None
+
+
+def rewrite_as_format_2(step_dir):
+    """The manifest as format 2 wrote it: no run record, resealed."""
+    path = step_dir / checkpointing.MANIFEST / checkpointing.MANIFEST_FILE
+    body = json.loads(path.read_text())
+    del body["sha256"], body["run"]
+    body.update(format_version=2)
+    path.write_text(json.dumps({**body, "sha256": checkpointing._digest(body)}))
+
+
+def test_older_checkpoint_reader_takes_prefix_lm_from_the_objective_macro():
+    read = trained_model.run_record_of_older_checkpoint
+    assert not read(SAVED_GIN).prefix_lm
+    assert not read(SAVED_GIN + "OBJECTIVE = 'codegen2_mix'\n").prefix_lm
+    assert read(SAVED_GIN + "OBJECTIVE = 'prefix_lm'\n").prefix_lm
+
+
+def test_saved_macro_reads_literal_values_of_a_config_text():
+    text = "PL_EVAL_TASK = 'the_stack_python_v1_causal'\nEVAL_TASKS = [%PL_EVAL_TASK]\n"
+    assert gin_config.saved_macro(text, "PL_EVAL_TASK") == "the_stack_python_v1_causal"
+    assert gin_config.saved_macro(text, "EVAL_TASKS") is None  # a reference, not a literal
+    assert gin_config.saved_macro(text, "MISSING") is None
+
+
+def test_older_checkpoint_reader_reads_only_the_model_bindings():
     # `tasks` is never imported: its statements are dropped before gin sees them.
-    assert trained_model.model_config_from_gin(SAVED_GIN) == CONFIG
+    assert trained_model.run_record_of_older_checkpoint(SAVED_GIN).model == CONFIG
+
+
+def test_run_record_round_trips_through_json():
+    run = trained_model.RunRecord(CONFIG, True, "t", ("a", "b"), {"file": "code.model"})
+    assert trained_model.RunRecord.from_json(json.loads(json.dumps(run.to_json()))) == run
+
+
+def test_model_config_with_a_field_it_does_not_have_is_refused():
+    fields = {**CONFIG.to_dict(), "num_experts": 8}
+    with pytest.raises(ValueError, match="TransformerConfig has no field num_experts"):
+        TransformerConfig.from_dict(fields)
+    assert TransformerConfig.from_dict(CONFIG.to_dict()) == CONFIG
 
 
 @pytest.mark.slow

@@ -30,7 +30,7 @@ from codegen2_jax import (
 )
 from codegen2_jax.data import bpe, sources, vocab
 from codegen2_jax.evaluation import during_training
-from codegen2_jax.model import Decoder
+from codegen2_jax.model import Decoder, TransformerConfig
 from tests import training_runs
 from tests.data import tiny_bpe
 
@@ -54,6 +54,7 @@ def test_tiny_run_learns_and_writes_its_records(tmp_path, corpus_dir):
             "train.train.checkpoint_every = 20",
         ],
     )
+    model_config = gin_config.configured(TransformerConfig)()
     # 8 fake devices: a sharded batch; the config recorded as main records it.
     summary = gin_config.configured(train.train)(config_text=gin.config_str())
     recorded = metrics.read_metrics(model_dir)
@@ -76,6 +77,15 @@ def test_tiny_run_learns_and_writes_its_records(tmp_path, corpus_dir):
     tokenizer = transformers.AutoTokenizer.from_pretrained(out, local_files_only=True)
     exported = transformers.CodeGenForCausalLM.from_pretrained(out, local_files_only=True)
     trained = trained_model.load(checkpoints, step=20)
+    # Each step records what was trained, as data; the model is rebuilt from it exactly.
+    assert trained_model.saved_run(checkpoints, 20) == trained_model.RunRecord(
+        model=model_config,
+        prefix_lm=False,
+        train_task="stdlib_py_v1_codegen2_mix",
+        eval_tasks=("stdlib_py_v1_causal", "stdlib_py_v1_span_infill"),
+        vocabulary=trained_model.vocabulary_record(vocab.default_vocabulary()),
+    )
+    assert trained.config == model_config
     ids = tokenizer("def f(x):\n    return x").input_ids
     assert ids == [0, *trained.vocabulary.encode("def f(x):\n    return x")]
     with torch.no_grad():

@@ -63,6 +63,21 @@ class TransformerConfig:
             )
         jnp.dtype(self.dtype)  # raises on an unknown dtype name
 
+    def to_dict(self) -> dict[str, int | float | str | bool]:
+        """Every field, JSON-ready (what each checkpoint step records of its model)."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, fields: dict) -> TransformerConfig:
+        """The config to_dict wrote; a field missing takes its default, an unknown one raises.
+
+        Raises:
+          ValueError: a field TransformerConfig does not have (written by another version).
+        """
+        if unknown := sorted(set(fields) - {f.name for f in dataclasses.fields(cls)}):
+            raise ValueError(f"TransformerConfig has no field {', '.join(unknown)}")
+        return cls(**fields)
+
     @property
     def head_dim(self) -> int:
         return self.embed_dim // self.num_heads
