@@ -45,6 +45,7 @@ NATIVE_NOISE = (
     "cudart_stub.cc",  # "Could not find cuda drivers on your machine, GPU will not be used."
     "cpu_feature_guard.cc",  # "This TensorFlow binary is optimized to use ..."
     "To enable the following instructions:",  # its second line
+    "precompiled_charsmap is empty",  # TensorFlow Text's sentencepiece, at each pipeline
 )
 _FILTER_PROGRAM = """
 import sys
