@@ -8,13 +8,20 @@ runs (not when a test or a notebook imports the package), unless the command lin
 --verbose or they are already set: every entry module imports it before anything else.
 --verbose: every library's INFO lines, in a long format, and the native banners.
 
+Native libraries also print lines of their own that no variable silences (TensorFlow's CPU
+build looking for CUDA at each load, absl's note on logging before its initialisation): a
+quiet command sends its stderr through a small filter process that drops NATIVE_NOISE lines
+and passes everything else on. A separate process, so a crash still gets its last lines out.
+
 Library code logs through `logging.getLogger(__name__)`; entry points call configure().
 """
 
 from __future__ import annotations
 
+import atexit
 import logging
 import os
+import subprocess
 import sys
 from collections.abc import Sequence
 
@@ -31,6 +38,24 @@ EXPECTED_WARNINGS = (
     ("checkpoint_manager", "CheckpointManagerOptions.read_only=True"),
     ("checkpoint_manager", "Given directory is read only"),
 )
+
+# Native stderr lines left out of the quiet console (substrings).
+NATIVE_NOISE = (
+    "All log messages before absl::InitializeLog() is called are written to STDERR",
+    "cudart_stub.cc",  # "Could not find cuda drivers on your machine, GPU will not be used."
+    "cpu_feature_guard.cc",  # "This TensorFlow binary is optimized to use ..."
+    "To enable the following instructions:",  # its second line
+    "precompiled_charsmap is empty",  # TensorFlow Text's sentencepiece, at each pipeline
+)
+_FILTER_PROGRAM = """
+import sys
+noise = [n.encode() for n in sys.argv[1:]]
+for line in sys.stdin.buffer:
+    if not any(n in line for n in noise):
+        sys.stdout.buffer.write(line)
+        sys.stdout.buffer.flush()
+"""
+_FILTERED = "CODEGEN2_JAX_STDERR_FILTERED"  # set once installed: child commands share it
 
 _QUIET_FORMAT = "%(asctime)s%(level)s %(message)s"
 _VERBOSE_FORMAT = "%(levelname).1s%(asctime)s %(name)s %(filename)s:%(lineno)d] %(message)s"
@@ -140,6 +165,34 @@ def _set_sentencepiece_level(verbose: bool) -> None:
     sentencepiece.set_min_log_level(0 if verbose else 1)
 
 
+def filter_native_stderr() -> None:
+    """Sends this process's stderr (file descriptor 2) through the NATIVE_NOISE filter."""
+    if os.environ.get(_FILTERED):
+        return
+    sys.stderr.flush()
+    read_end, write_end = os.pipe()
+    stderr = os.dup(2)
+    process = subprocess.Popen(
+        [sys.executable, "-c", _FILTER_PROGRAM, *NATIVE_NOISE],
+        stdin=read_end,
+        stdout=stderr,
+        stderr=stderr,
+    )
+    os.dup2(write_end, 2)
+    for fd in (read_end, write_end, stderr):
+        os.close(fd)
+    os.environ[_FILTERED] = "1"
+
+    def drain():
+        # The filter ends at end of input; wait so its last lines print before the shell's.
+        sys.stderr.flush()
+        os.close(2)
+        process.wait(timeout=10)
+
+    atexit.register(drain)
+
+
 if command_running() and not verbose_requested(sys.argv[1:]):
     for _name, _value in QUIET_ENVIRONMENT.items():
         os.environ.setdefault(_name, _value)
+    filter_native_stderr()

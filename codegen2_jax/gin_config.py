@@ -51,7 +51,8 @@ def parse(files: Sequence[str], bindings: Sequence[str] = ()) -> None:
 
     A binding of a macro that the files neither set nor use (a typo such as TRAIN_STEP for
     TRAIN_STEPS, which gin would take as a new macro) or of a parameter the configurable does
-    not have is refused, naming the nearest known one.
+    not have is refused, naming the nearest known one; so is a macro declared
+    `NAME = %gin.REQUIRED` that nothing sets.
     """
     logging.getLogger().addFilter(_PROBE_FILTER)  # idempotent: a filter is added once
     gin.clear_config(clear_constants=True)
@@ -64,6 +65,26 @@ def parse(files: Sequence[str], bindings: Sequence[str] = ()) -> None:
     except ValueError as error:
         first, newline, rest = str(error).partition("\n")
         raise ValueError(f"{first}{_nearest_parameter(first)}{newline}{rest}") from None
+    if missing := _unset_required_macros():
+        raise ValueError(
+            f"required gin macro{'s' if len(missing) > 1 else ''} not set: {', '.join(missing)}"
+            f" (set {'them' if len(missing) > 1 else 'it'} in the experiment's gin file or with"
+            f" --gin.{missing[0]}=VALUE)"
+        )
+
+
+def _unset_required_macros() -> list[str]:
+    """Macros whose value is still %gin.REQUIRED after every file and binding."""
+    # gin passes a macro's %gin.REQUIRED on as a plain sentinel object instead of failing.
+    return sorted(
+        scope
+        for (scope, selector), parameters in gin.config._CONFIG.items()  # noqa: SLF001
+        if selector == "gin.macro" and _is_required(parameters.get("value"))
+    )
+
+
+def _is_required(value) -> bool:
+    return isinstance(value, gin.config.ConfigurableReference) and value.scopes == ["gin.REQUIRED"]
 
 
 def _check_macro_bindings(bindings: Sequence[str]) -> None:

@@ -1,6 +1,7 @@
 """The quiet console: what it shows and hides, and a progress line that leaves compilation out."""
 
 import logging
+import os
 import re
 import subprocess
 import sys
@@ -102,6 +103,22 @@ def test_a_watchdog_abort_is_printed_by_a_quiet_command():
     assert done.returncode == watchdog.EXIT_CODE
     assert re.search(f"^{TIME} ERROR process 0: lost contact with the job", done.stderr, re.M)
     assert "FATAL: process 0: lost contact with the job" in done.stderr
+
+
+def test_native_noise_is_filtered_and_a_crash_still_gets_its_last_lines_out(tmp_path):
+    program = tmp_path / "command.py"
+    program.write_text(
+        "import os\n"
+        "from codegen2_jax import console\n"
+        "console.filter_native_stderr()\n"
+        "os.write(2, b'I0000 cudart_stub.cc:31] Could not find cuda drivers on your machine\\n')\n"
+        "os.write(2, b'a real error\\n')\n"
+        "os.abort()\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "CODEGEN2_JAX_STDERR_FILTERED"}
+    done = subprocess.run([sys.executable, str(program)], capture_output=True, env=env)
+    assert done.returncode != 0
+    assert done.stderr == b"a real error\n"
 
 
 class Clock:

@@ -94,3 +94,24 @@ def test_bindings_may_set_a_macro_another_binding_uses():
         ["models/tiny.gin"], ["LAYERS = 3", "config.TransformerConfig.num_layers = %LAYERS"]
     )
     assert gin_config.configured(TransformerConfig)().num_layers == 3
+
+
+def test_an_unset_required_macro_stops_the_parse_naming_it():
+    import tasks  # noqa: F401  (pretrain.gin binds the task registry)
+
+    with pytest.raises(
+        ValueError, match=r"required gin macro not set: MODEL_DIR \(.*--gin.MODEL_DIR"
+    ):
+        gin_config.parse(["experiments/tiny_cpu.gin"])
+    with pytest.raises(ValueError, match="required gin macros not set: BATCH_SIZE, CORPUS"):
+        gin_config.parse(
+            [
+                "models/tiny.gin",
+                "objectives/causal.gin",
+                "optimizers/adamw.gin",
+                "mesh/data_parallel.gin",
+                "runs/pretrain.gin",
+            ],
+            ["MODEL_DIR = '/tmp/x'", "TRAIN_STEPS = 3", "SEQ_LEN = 64"],
+        )
+    gin_config.parse(["experiments/tiny_cpu.gin"], ["MODEL_DIR = '/tmp/x'"])
