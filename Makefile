@@ -24,10 +24,10 @@ $(VENV)/.installed: setup.py
 
 demo: venv
 	$(PY) -m codegen2_jax.main --gin_file=experiments/demo_cpu.gin --gin.MODEL_DIR="'$(DEMO_DIR)'"
-	$(PY) -m codegen2_jax.plot_curves --model_dir=$(DEMO_DIR)
-	$(PY) -m codegen2_jax.sample_cli --checkpoint_dir=$(DEMO_DIR)/checkpoints \
+	$(PY) -m codegen2_jax.experiments.plot_curves --model_dir=$(DEMO_DIR)
+	$(PY) -m codegen2_jax.sampling.sample_cli --checkpoint_dir=$(DEMO_DIR)/checkpoints \
 	    --prompt=$$'import os\n\n\ndef ' --max_new_tokens=64
-	$(PY) -m codegen2_jax.sample_cli --checkpoint_dir=$(DEMO_DIR)/checkpoints \
+	$(PY) -m codegen2_jax.sampling.sample_cli --checkpoint_dir=$(DEMO_DIR)/checkpoints \
 	    --prefix=$$'def read_lines(path):\n    with open(path) as f:\n        ' \
 	    --suffix=$$'\n    return lines\n' --max_new_tokens=32
 

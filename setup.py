@@ -41,7 +41,7 @@ setuptools.setup(
         "clu",
         "flax>=0.10",
         "gin-config",
-        "huggingface_hub",  # sharded safetensors exports (codegen2_jax.hf)
+        "huggingface_hub",  # sharded safetensors exports (codegen2_jax.checkpointing.hf)
         "jax>=0.6",
         "matplotlib",  # loss-curve PNGs
         "numpy",
@@ -81,10 +81,10 @@ setuptools.setup(
     entry_points={
         "console_scripts": [
             "codegen2-train=codegen2_jax.main:main",
-            "codegen2-hf=codegen2_jax.hf_cli:main",
-            "codegen2-aot=codegen2_jax.aot:main",
-            "codegen2-bench=codegen2_jax.benchmark:main",
-            "codegen2-sample=codegen2_jax.sample_cli:main",
+            "codegen2-hf=codegen2_jax.checkpointing.hf_cli:main",
+            "codegen2-aot=codegen2_jax.benchmarks.aot:main",
+            "codegen2-bench=codegen2_jax.benchmarks.train_benchmark:main",
+            "codegen2-sample=codegen2_jax.sampling.sample_cli:main",
         ],
     },
 )

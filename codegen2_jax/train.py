@@ -11,12 +11,14 @@ from collections.abc import Callable, Sequence
 import jax
 import optax
 
-from codegen2_jax import checkpointing, hf, metrics, train_state, trained_model, trainer, watchdog
+from codegen2_jax import metrics, train_state, trainer, watchdog
+from codegen2_jax.checkpointing import checkpointer, hf
 from codegen2_jax.data import cache, pipeline, vocab
 from codegen2_jax.evaluation import during_training
 from codegen2_jax.evaluation.perplexity import Evaluator
 from codegen2_jax.model import Decoder, TransformerConfig
 from codegen2_jax.partitioning import Partitioner
+from codegen2_jax.sampling import trained_model
 
 logger = logging.getLogger(__name__)
 
@@ -102,7 +104,7 @@ def train(
     shape = (batch_size, seq_len)
     abstract, shardings = train_state.state_shardings(model, optimizer, shape, partitioner)
     data = _host_batches(train_task, seq_len, batch_size, seed, data_shards, use_cached)
-    checkpointer = checkpointing.Checkpointer(checkpoint_dir, max_to_keep=keep_checkpoints)
+    ckpt = checkpointer.Checkpointer(checkpoint_dir, max_to_keep=keep_checkpoints)
     step_fn = jax.jit(
         trainer.make_train_step(model, optimizer, z_loss=z_loss, num_microbatches=num_microbatches),
         in_shardings=(shardings, partitioner.batch_sharding()),
@@ -140,7 +142,7 @@ def train(
         loop = Loop(
             step_fn=step_fn,
             next_batch=lambda: partitioner.global_batch(next(data)),
-            save=lambda state: checkpointer.save(
+            save=lambda state: ckpt.save(
                 int(state.step), state, data.save_position(), config_text, run
             ),
             evaluations=evaluations,
@@ -156,7 +158,7 @@ def train(
             with partitioner.activate():
                 with dog.slow_op("checkpoint restore or state initialisation"):
                     state = _restore_or_init(
-                        checkpointer,
+                        ckpt,
                         data,
                         abstract,
                         shardings,
@@ -180,7 +182,7 @@ def train(
         finally:
             with dog.slow_op("the last checkpoint commit"):
                 loop.writer.close()
-                checkpointer.close()
+                ckpt.close()
 
 
 def _log_header(task, model_config, batch_size, seq_len, total_steps, partitioner, model_dir):
@@ -266,9 +268,9 @@ def _initial_state(init_from_hf, model, optimizer, shape, partitioner, seed, abs
     return state
 
 
-def _restore_or_init(checkpointer, data, abstract, shardings, init: Callable, init_from_hf):
+def _restore_or_init(ckpt, data, abstract, shardings, init: Callable, init_from_hf):
     """The newest valid checkpoint's state (moving data to its position), else init()."""
-    restored = checkpointer.restore_latest(abstract, shardings)
+    restored = ckpt.restore_latest(abstract, shardings)
     if restored is None:
         return init()
     unused = f" (INIT_FROM_HF {init_from_hf} is not used)" if init_from_hf else ""

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs a gin sweep on the TPU VM, one job after another through run.sh, each job's MODEL_DIR
-# under $BUCKET/sweeps/<sweep name>/ (codegen2_jax.sweep's TPU runner), then tabulates them.
+# under $BUCKET/sweeps/<sweep name>/ (codegen2_jax.experiments.sweep's TPU runner), then tabulates them.
 #
 #   launch/sweep.sh [--dry-run] [--babysit] SWEEP_FILE     # e.g. gin/sweeps/demo_lr.sweep
 #
@@ -29,5 +29,5 @@ if [[ -z "${PYTHON:-}" ]]; then
 fi
 sweep_file="$(realpath "$1")"
 cd "$REPO_ROOT"
-"$PYTHON" -m codegen2_jax.sweep tpu "$sweep_file" --root="${BUCKET%/}/sweeps" \
+"$PYTHON" -m codegen2_jax.experiments.sweep tpu "$sweep_file" --root="${BUCKET%/}/sweeps" \
   --run_script="$LAUNCH_DIR/run.sh" "${runner_flags[@]}"

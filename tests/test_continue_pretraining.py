@@ -11,9 +11,11 @@ import pytest
 import torch
 import transformers
 
-from codegen2_jax import gin_config, hf, hf_cli, metrics, sample_cli, sampling, train
+from codegen2_jax import gin_config, metrics, train
+from codegen2_jax.checkpointing import hf, hf_cli
 from codegen2_jax.data import vocab
 from codegen2_jax.model import Decoder
+from codegen2_jax.sampling import decoding, sample_cli
 from tests.data import tiny_bpe
 
 STEPS = 10
@@ -128,7 +130,7 @@ def test_continue_pretraining_then_export_round_trip(tmp_path, hf_dir, corpus_di
     assert tokenizer(PROMPT).input_ids == prompt_ids
     infill_ids = [
         loaded.start_id,
-        *sampling.infill_prompt([ours.encode(PREFIX), ours.encode(SUFFIX)], ours),
+        *decoding.infill_prompt([ours.encode(PREFIX), ours.encode(SUFFIX)], ours),
     ]
     hf_infill = PREFIX + "<mask_1>" + SUFFIX + "<|endoftext|>" + "<sep>" + "<mask_1>"
     assert tokenizer(hf_infill).input_ids == infill_ids
@@ -140,19 +142,19 @@ def test_continue_pretraining_then_export_round_trip(tmp_path, hf_dir, corpus_di
     np.testing.assert_allclose(hf_logits, np.asarray(our_logits)[0], rtol=1e-4, atol=1e-4)
 
     new_tokens = 24
-    generate = sampling.make_generate(loaded.config, max_new_tokens=new_tokens)
-    tokens, lengths = sampling.left_pad([prompt_ids])
+    generate = decoding.make_generate(loaded.config, max_new_tokens=new_tokens)
+    tokens, lengths = decoding.left_pad([prompt_ids])
     out_ids = jax.device_get(
         generate(
             loaded.params,
             tokens,
             lengths,
-            sampling.stop_token_array([[eos]]),
+            decoding.stop_token_array([[eos]]),
             np.full(1, new_tokens, np.int32),
             jax.random.key(0),
         )
     )
-    project = sampling.generated(out_ids, 0, strip_stop=False)
+    project = decoding.generated(out_ids, 0, strip_stop=False)
     hf_ids = exported.generate(
         torch.tensor([prompt_ids]),
         attention_mask=torch.ones(1, len(prompt_ids), dtype=torch.long),

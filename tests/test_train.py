@@ -18,19 +18,13 @@ import tensorflow_datasets as tfds
 import torch
 import transformers
 
-from codegen2_jax import (
-    checkpointing,
-    gin_config,
-    hf_cli,
-    metrics,
-    plot_curves,
-    sample_cli,
-    train,
-    trained_model,
-)
+from codegen2_jax import gin_config, metrics, train
+from codegen2_jax.checkpointing import checkpointer, hf_cli
 from codegen2_jax.data import bpe, sources, vocab
 from codegen2_jax.evaluation import during_training
+from codegen2_jax.experiments import plot_curves
 from codegen2_jax.model import Decoder, TransformerConfig
+from codegen2_jax.sampling import sample_cli, trained_model
 from tests import training_runs
 from tests.data import tiny_bpe
 
@@ -71,7 +65,7 @@ def test_tiny_run_learns_and_writes_its_records(tmp_path, corpus_dir):
 
     # A step exports with its sentencepiece tokenizer, converted for transformers.
     checkpoints, out = os.path.join(model_dir, "checkpoints"), tmp_path / "exported"
-    with pytest.raises(checkpointing.CheckpointError, match=r"no committed step 7 .* \[20, 40\]"):
+    with pytest.raises(checkpointer.CheckpointError, match=r"no committed step 7 .* \[20, 40\]"):
         hf_cli.main(["export", f"--checkpoint_dir={checkpoints}", "--step=7", f"--out_dir={out}"])
     hf_cli.main(["export", f"--checkpoint_dir={checkpoints}", "--step=20", f"--out_dir={out}"])
     tokenizer = transformers.AutoTokenizer.from_pretrained(out, local_files_only=True)

@@ -10,7 +10,8 @@ import time
 import jax
 import numpy as np
 
-from codegen2_jax import checkpointing, gin_config, metrics, optim, partitioning, train_state
+from codegen2_jax import gin_config, metrics, optim, partitioning, train_state
+from codegen2_jax.checkpointing import checkpointer
 from codegen2_jax.model import Decoder, TransformerConfig
 
 REPO = gin_config.GIN_DIR.parent
@@ -154,11 +155,11 @@ def restore_final_state(model_dir):
     abstract, shardings = train_state.state_shardings(
         Decoder(config), optimizer, (8, 64), partitioner
     )
-    checkpointer = checkpointing.Checkpointer(os.path.join(model_dir, "checkpoints"))
+    ckpt = checkpointer.Checkpointer(os.path.join(model_dir, "checkpoints"))
     try:
-        restored = checkpointer.restore_latest(abstract, shardings)
+        restored = ckpt.restore_latest(abstract, shardings)
     finally:
-        checkpointer.close()
+        ckpt.close()
     return restored.step, [np.asarray(x) for x in jax.tree.leaves(restored.state)]
 
 

@@ -22,11 +22,11 @@ import jax
 import numpy as np
 from jax.experimental import multihost_utils
 
-from codegen2_jax import sampling
 from codegen2_jax.evaluation import humaneval, infilling
 from codegen2_jax.evaluation import sandbox as sandbox_lib
 from codegen2_jax.model import TransformerConfig
 from codegen2_jax.partitioning import Partitioner
+from codegen2_jax.sampling import decoding
 
 logger = logging.getLogger(__name__)
 
@@ -82,7 +82,7 @@ class ExecutionEvaluator:
     Args:
       config: the model being trained.
       partitioner: the training mesh; parameters arrive sharded as training holds them.
-      vocabulary: the run's tokenizer (sampling.InfillVocabulary plus decoder_start_id).
+      vocabulary: the run's tokenizer (decoding.InfillVocabulary plus decoder_start_id).
       settings: subsets and token limits.
       prefix_prompt: whether the model is trained as a prefix-LM (prompts are prefixes).
     """
@@ -109,10 +109,10 @@ class ExecutionEvaluator:
         self._tested = {**self._problems, **infilling.problems_of(self._tasks)}
         self._parallel = partitioner.data_parallel_size
         generate = dict(config=config, prefix_prompt=prefix_prompt, partitioner=partitioner)
-        self._complete = sampling.make_generate(
+        self._complete = decoding.make_generate(
             max_new_tokens=settings.completion_tokens, **generate
         )
-        self._infill = sampling.make_generate(max_new_tokens=settings.infill_tokens, **generate)
+        self._infill = decoding.make_generate(max_new_tokens=settings.infill_tokens, **generate)
         self._box = sandbox_lib.Sandbox(humaneval.LIMITS)
         inactive = {k: v for k, v in self._box.protections.items() if v != sandbox_lib.ACTIVE}
         if inactive:
@@ -163,7 +163,7 @@ class ExecutionEvaluator:
         width = max(len(self._start) + len(self._vocab.encode(p)) for p in prompts)
         texts = self._batched(
             prompts,
-            lambda batch: sampling.complete(
+            lambda batch: decoding.complete(
                 self._complete,
                 params,
                 self._vocab,
@@ -179,12 +179,12 @@ class ExecutionEvaluator:
     def _infill_samples(self, params) -> list[humaneval.Sample]:
         pairs = [[t["prompt"], t["suffix"]] for t in self._tasks]
         encoded = [[self._vocab.encode(s) for s in pair] for pair in pairs]
-        width = max(len(self._start) + len(sampling.infill_prompt(e, self._vocab)) for e in encoded)
+        width = max(len(self._start) + len(decoding.infill_prompt(e, self._vocab)) for e in encoded)
         fills = self._batched(
             pairs,
             lambda batch: [
                 middles[0]
-                for middles in sampling.infill(
+                for middles in decoding.infill(
                     self._infill,
                     params,
                     self._vocab,

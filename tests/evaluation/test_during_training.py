@@ -8,11 +8,12 @@ import jax
 import numpy as np
 import pytest
 
-from codegen2_jax import partitioning, sampling
+from codegen2_jax import partitioning
 from codegen2_jax.data import vocab
 from codegen2_jax.evaluation import during_training, humaneval, infilling, sandbox
 from codegen2_jax.evaluation.during_training import COMPLETION, INFILL
 from codegen2_jax.model import Decoder, TransformerConfig
+from codegen2_jax.sampling import decoding
 
 CONFIG = TransformerConfig(
     vocab_size=8192, embed_dim=32, num_heads=4, num_layers=2, rotary_dim=4, mlp_dim=64
@@ -56,8 +57,8 @@ def _fake_decoding(monkeypatch, completion_of):
         assert len(pairs) == 8
         return [[middles[tuple(pair)]] for pair in pairs]
 
-    monkeypatch.setattr(sampling, "complete", complete)
-    monkeypatch.setattr(sampling, "infill", infill)
+    monkeypatch.setattr(decoding, "complete", complete)
+    monkeypatch.setattr(decoding, "infill", infill)
 
 
 MISBEHAVING = (
@@ -135,8 +136,8 @@ def test_decoding_on_the_mesh_equals_one_device(partitioner, vocabulary):
     fills = evaluator._infill_samples(params)
     problems = list(evaluator._problems.values())
     one_device = dict(rng=jax.random.key(1), start_id=0)
-    expected = sampling.complete(
-        sampling.make_generate(CONFIG, max_new_tokens=8),
+    expected = decoding.complete(
+        decoding.make_generate(CONFIG, max_new_tokens=8),
         params,
         vocabulary,
         [p["prompt"] for p in problems],
@@ -146,8 +147,8 @@ def test_decoding_on_the_mesh_equals_one_device(partitioner, vocabulary):
     assert [s.program for s in completions] == [
         p["prompt"] + humaneval.truncate(c) for p, c in zip(problems, expected, strict=True)
     ]
-    middles = sampling.infill(
-        sampling.make_generate(CONFIG, max_new_tokens=8),
+    middles = decoding.infill(
+        decoding.make_generate(CONFIG, max_new_tokens=8),
         params,
         vocabulary,
         [[t["prompt"], t["suffix"]] for t in evaluator._tasks],

@@ -2,7 +2,7 @@
 
 Synthetic batches keep it free of TensorFlow and seqio, so it runs on any JAX image:
 
-  python -m codegen2_jax.benchmark --gin_file=models/1b.gin --batch=8 --seq=2048 \
+  python -m codegen2_jax.benchmarks.train_benchmark --gin_file=models/1b.gin --batch=8 --seq=2048 \
       --gin.COMPUTE_DTYPE='"bfloat16"' --gin.ATTENTION_IMPL='"cudnn"'
 
 Prints one JSON line. MFU = tokens/s * (6 N + 12 L d T) / peak with N all parameters but the
@@ -13,7 +13,7 @@ training loop calls it, holds up the step loop for a float32 state of GB gigabyt
 all devices (the write itself finishes in the background and is timed apart):
 
   XLA_FLAGS=--xla_force_host_platform_device_count=8 JAX_PLATFORMS=cpu \
-      python -m codegen2_jax.benchmark --checkpoint_gb=1.5
+      python -m codegen2_jax.benchmarks.train_benchmark --checkpoint_gb=1.5
 """
 
 from __future__ import annotations
@@ -33,7 +33,6 @@ import numpy as np
 
 from codegen2_jax import (
     batch_contract,
-    checkpointing,
     gin_config,
     metrics,
     optim,
@@ -41,6 +40,7 @@ from codegen2_jax import (
     train_state,
     trainer,
 )
+from codegen2_jax.checkpointing import checkpointer
 from codegen2_jax.model import Decoder, TransformerConfig
 
 DEFAULT_GIN_FILE = "models/small.gin"
@@ -159,13 +159,13 @@ def benchmark_checkpoint_save(gigabytes: float, saves: int) -> dict:
     blocking, commit = [], []
     with (
         tempfile.TemporaryDirectory() as directory,
-        checkpointing.Checkpointer(directory, max_to_keep=1) as checkpointer,
+        checkpointer.Checkpointer(directory, max_to_keep=1) as ckpt,
     ):
         for step in range(saves + 1):
             start = time.perf_counter()
-            checkpointer.save(step, state, b"data position", "# gin config")
+            ckpt.save(step, state, b"data position", "# gin config")
             returned = time.perf_counter()
-            checkpointer.wait_until_finished()
+            ckpt.wait_until_finished()
             blocking.append(returned - start)
             commit.append(time.perf_counter() - returned)
     blocking_s = statistics.median(blocking[1:])

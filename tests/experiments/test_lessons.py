@@ -8,9 +8,11 @@ import gin
 import jax
 import pytest
 
-from codegen2_jax import gin_config, lessons, lessons_eval, lessons_report, trained_model
-from codegen2_jax.lessons_report import Claim
+from codegen2_jax import gin_config
+from codegen2_jax.experiments import lessons, lessons_eval, lessons_report
+from codegen2_jax.experiments.lessons_report import Claim
 from codegen2_jax.model import TransformerConfig
+from codegen2_jax.sampling import trained_model
 from tests import training_runs
 
 

@@ -1,7 +1,8 @@
 """Renders a run's loss curves (training, and held-out loss per task and objective) to a PNG
 and prints the last value of each curve.
 
-python -m codegen2_jax.plot_curves --model_dir=runs/demo [--out=runs/demo/loss_curves.png]
+python -m codegen2_jax.experiments.plot_curves --model_dir=runs/demo \
+    [--out=runs/demo/loss_curves.png]
 """
 
 from __future__ import annotations

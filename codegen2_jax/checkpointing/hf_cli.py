@@ -32,7 +32,7 @@ from collections.abc import Sequence
 import jax
 from flax import serialization
 
-from codegen2_jax import hf
+from codegen2_jax.checkpointing import hf
 from codegen2_jax.model.config import TransformerConfig
 
 logger = logging.getLogger(__name__)
@@ -94,7 +94,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def export_trained(args: argparse.Namespace) -> str:
     """Exports a step of a training checkpoint directory; returns what was written."""
-    from codegen2_jax import trained_model  # imports TensorFlow (the saved vocabulary)
+    from codegen2_jax import trained_model  # imports TensorFlow (the saved vocabulary
     from codegen2_jax.data import tokenizer_files
 
     trained = trained_model.load(args.checkpoint_dir, args.step)

@@ -3,8 +3,8 @@
 Lowers and compiles from abstract shapes only (no parameter is ever allocated), on fake CPU
 devices, and reports per-device parameter and optimizer bytes plus XLA's memory analysis:
 
-  python -m codegen2_jax.aot --gin_file=models/16b.gin --mesh=mesh/fsdp_tp.gin --devices=64 \
-      --batch=64 --seq=2048
+  python -m codegen2_jax.benchmarks.aot --gin_file=models/16b.gin --mesh=mesh/fsdp_tp.gin \
+      --devices=64 --batch=64 --seq=2048
 
 The numbers are XLA:CPU's buffer assignment for the sharded program: a close guide to the
 per-device footprint on accelerators, not a promise (GPU/TPU fusion and layouts differ).

@@ -12,7 +12,7 @@
 Fills are truncated as EvalSettings.truncation says (infilling.TRUNCATIONS: to `<eom>`, the
 paper's scoring, by default; or their first non-blank line).
 
-Everything decodes with codegen2_jax.sampling from the job's newest checkpoint.
+Everything decodes with codegen2_jax.sampling.decoding from the job's newest checkpoint.
 """
 
 from __future__ import annotations
@@ -25,8 +25,8 @@ from collections.abc import Sequence
 
 import jax
 
-from codegen2_jax import sample_cli, sampling
 from codegen2_jax.evaluation import humaneval, infilling
+from codegen2_jax.sampling import decoding, sample_cli
 
 EVAL_FILE = "lessons_eval.json"  # in the job's MODEL_DIR; a rerun reuses it
 BATCH = 64  # rows per decode call: bounds the KV cache of the larger scales
@@ -130,12 +130,12 @@ class ArmSampler:
         self.vocab = model.vocabulary
         self.settings = settings
         self.rng = jax.random.key(seed)
-        self._infill = sampling.make_generate(
+        self._infill = decoding.make_generate(
             model.config,
             max_new_tokens=settings.infill_tokens,
             prefix_prompt=model.prefix_prompt,
         )
-        self._complete = sampling.make_generate(
+        self._complete = decoding.make_generate(
             model.config,
             max_new_tokens=settings.completion_tokens,
             temperature=settings.temperature,
@@ -152,7 +152,7 @@ class ArmSampler:
         fills = []
         for start in range(0, len(pairs), BATCH):
             problems = [list(pair) for pair in pairs[start : start + BATCH]]
-            out = sampling.infill(
+            out = decoding.infill(
                 self._infill,
                 self.params,
                 self.vocab,
@@ -169,7 +169,7 @@ class ArmSampler:
         flat = [prompt for prompt in prompts for _ in range(n)]
         texts = []
         for start in range(0, len(flat), BATCH):
-            texts += sampling.complete(
+            texts += decoding.complete(
                 self._complete,
                 self.params,
                 self.vocab,

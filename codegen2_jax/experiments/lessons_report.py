@@ -16,7 +16,7 @@ import os
 import statistics
 from collections.abc import Mapping, Sequence
 
-from codegen2_jax import tables
+from codegen2_jax.experiments import tables
 
 LOSS_TOLERANCE = 0.02  # relative: "close" losses differ by at most 2%
 RATE_TOLERANCE = 0.02  # absolute: "close" rates differ by at most 2 points

@@ -8,7 +8,8 @@ import textwrap
 
 import pytest
 
-from codegen2_jax import gin_config, sweep, sweep_summary
+from codegen2_jax import gin_config
+from codegen2_jax.experiments import sweep, sweep_summary
 
 SHIPPED = sorted((gin_config.GIN_DIR / "sweeps").glob("*.sweep"))
 

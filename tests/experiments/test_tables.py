@@ -1,6 +1,6 @@
 """Markdown tables: header rule, one line per row, pipes inside cells escaped."""
 
-from codegen2_jax import tables
+from codegen2_jax.experiments import tables
 
 
 def test_markdown_table_escapes_pipes_inside_cells():

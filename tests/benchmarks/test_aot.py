@@ -4,7 +4,8 @@ import json
 import subprocess
 import sys
 
-from codegen2_jax import aot, batch_contract, gin_config, partitioning
+from codegen2_jax import batch_contract, gin_config, partitioning
+from codegen2_jax.benchmarks import aot
 from codegen2_jax.model import TransformerConfig
 
 TINY = TransformerConfig(
@@ -40,7 +41,7 @@ def test_command_simulates_a_larger_mesh_than_the_test_process():
         [
             sys.executable,
             "-m",
-            "codegen2_jax.aot",
+            "codegen2_jax.benchmarks.aot",
             "--gin_file=models/tiny.gin",
             "--devices=16",
             "--gin.VOCAB_SIZE=512",

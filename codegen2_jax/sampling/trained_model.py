@@ -20,7 +20,8 @@ import gin
 import jax
 from etils import epath
 
-from codegen2_jax import checkpointing, gin_config, partitioning, train_state
+from codegen2_jax import gin_config, partitioning, train_state
+from codegen2_jax.checkpointing import checkpointer
 from codegen2_jax.model import Decoder, TransformerConfig
 
 _MODEL_IMPORT = "from codegen2_jax.model import config"  # in an older step's gin config
@@ -111,29 +112,29 @@ def _single_device() -> partitioning.Partitioner:
     return partitioning.make_partitioner(rules=(), data=1, devices=jax.local_devices()[:1])
 
 
-def _checkpointer(directory: str) -> checkpointing.Checkpointer:
+def _checkpointer(directory: str) -> checkpointer.Checkpointer:
     if not epath.Path(directory).is_dir():
         raise FileNotFoundError(f"no checkpoint directory {directory}")
     # Read-only: a running job's in-progress save must not be set aside by a reader.
-    return checkpointing.Checkpointer(directory, read_only=True)
+    return checkpointer.Checkpointer(directory, read_only=True)
 
 
 def saved_run(directory: str, step: int | None = None) -> RunRecord:
     """The run record of a step (None: the newest one whose manifest is intact)."""
-    with _checkpointer(directory) as checkpointer:
-        if step is None and (step := checkpointer.latest_intact_step()) is None:
+    with _checkpointer(directory) as ckpt:
+        if step is None and (step := ckpt.latest_intact_step()) is None:
             raise FileNotFoundError(f"no committed checkpoint in {directory}")
-        return _recorded_run(checkpointer.run_record(step), checkpointer.gin_config(step))
+        return _recorded_run(ckpt.run_record(step), ckpt.gin_config(step))
 
 
 def restore_params(directory: str, config: TransformerConfig, step: int | None = None):
     """(params on one device, step) of a step (None: the newest valid one)."""
     abstract, shardings = train_state.param_shardings(Decoder(config), (1, 1), _single_device())
-    with _checkpointer(directory) as checkpointer:
+    with _checkpointer(directory) as ckpt:
         if step is None:
-            restored = checkpointer.restore_latest_params(abstract, shardings)
+            restored = ckpt.restore_latest_params(abstract, shardings)
         else:
-            restored = checkpointer.restore_params(step, abstract, shardings)
+            restored = ckpt.restore_params(step, abstract, shardings)
     if restored is None:
         raise FileNotFoundError(f"no valid checkpoint in {directory}")
     if _recorded_run(restored.run, restored.gin_config).model != config:

@@ -15,9 +15,9 @@ quotes. Headers come before the first job. Each job trains into ROOT/<sweep>/<sl
 <sweep> is the file's name without .sweep and the slug spells its own bindings
 (learning_rate=3e-3,objective=causal): rerunning a sweep resumes every job from its checkpoints.
 
-  python -m codegen2_jax.sweep local gin/sweeps/demo_lr.sweep   # jobs one after another here
-  python -m codegen2_jax.sweep summary gin/sweeps/demo_lr.sweep # the table again, from the dirs
-  launch/sweep.sh gin/sweeps/demo_lr.sweep                      # on the TPU VM (runner "tpu")
+  python -m codegen2_jax.experiments.sweep local gin/sweeps/demo_lr.sweep    # jobs one by one
+  python -m codegen2_jax.experiments.sweep summary gin/sweeps/demo_lr.sweep  # the table again
+  launch/sweep.sh gin/sweeps/demo_lr.sweep              # on the TPU VM (runner "tpu")
 """
 
 from __future__ import annotations
@@ -37,7 +37,8 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 
-from codegen2_jax import gin_config, sweep_summary
+from codegen2_jax import gin_config
+from codegen2_jax.experiments import sweep_summary
 
 logger = logging.getLogger(__name__)
 
@@ -305,7 +306,9 @@ def summary_dir(root: str, sweep: Sweep) -> str:
 
 
 def _parse_args(argv: Sequence[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m codegen2_jax.sweep", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="python -m codegen2_jax.experiments.sweep", description=__doc__
+    )
     parser.add_argument("runner", choices=["local", "tpu", "summary"])
     parser.add_argument("sweep_file")
     parser.add_argument("--root", default="runs/sweeps", help="job dirs: ROOT/<sweep>/<slug>")

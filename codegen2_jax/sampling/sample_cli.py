@@ -1,7 +1,8 @@
 """Sampling command line: completion or infill from a training checkpoint or a Hugging Face model.
 
-  python -m codegen2_jax.sample_cli --checkpoint_dir=MODEL_DIR/checkpoints --prompt='def f(x):'
-  python -m codegen2_jax.sample_cli --hf_dir=codegen2-1B --hf_tokenizer \
+  python -m codegen2_jax.sampling.sample_cli --checkpoint_dir=MODEL_DIR/checkpoints \
+      --prompt='def f(x):'
+  python -m codegen2_jax.sampling.sample_cli --hf_dir=codegen2-1B --hf_tokenizer \
       --prefix='def add(a, b):' --suffix='    return c'
 
 A training checkpoint (Checkpointer directory, usually MODEL_DIR/checkpoints) is read as
@@ -30,9 +31,10 @@ from typing import Any, NamedTuple
 
 import jax
 
-from codegen2_jax import hf, sampling, trained_model
+from codegen2_jax.checkpointing import hf
 from codegen2_jax.data import bpe
 from codegen2_jax.model import TransformerConfig
+from codegen2_jax.sampling import decoding, trained_model
 
 
 def make_parser() -> argparse.ArgumentParser:
@@ -97,7 +99,7 @@ def load_model(args: argparse.Namespace) -> LoadedModel:
     return loaded
 
 
-def load_vocabulary(args: argparse.Namespace, model: LoadedModel) -> sampling.InfillVocabulary:
+def load_vocabulary(args: argparse.Namespace, model: LoadedModel) -> decoding.InfillVocabulary:
     """The checkpoint's own tokenizer; for --hf_dir, its own (--hf_tokenizer) or the shipped one."""
     if args.hf_tokenizer:
         if not args.hf_dir:
@@ -116,7 +118,7 @@ def run(args: argparse.Namespace) -> list[dict]:
         raise ValueError("give either --prompt, or --prefix and/or --suffix")
     model = load_model(args)
     vocab = load_vocabulary(args, model)
-    generate = sampling.make_generate(
+    generate = decoding.make_generate(
         model.config,
         max_new_tokens=args.max_new_tokens,
         temperature=args.temperature,
@@ -127,10 +129,10 @@ def run(args: argparse.Namespace) -> list[dict]:
     rng, n, params = jax.random.key(args.seed), args.num_samples, model.params
     common = dict(rng=rng, max_new_tokens=args.max_new_tokens, start_id=model.start_id)
     if args.prompt is not None:
-        texts = sampling.complete(generate, params, vocab, [args.prompt] * n, **common)
+        texts = decoding.complete(generate, params, vocab, [args.prompt] * n, **common)
         return [{"prompt": args.prompt, "completion": text} for text in texts]
     segments = [args.prefix or "", args.suffix or ""]
-    fills = sampling.infill(generate, params, vocab, [segments] * n, **common)
+    fills = decoding.infill(generate, params, vocab, [segments] * n, **common)
     return [{"prefix": segments[0], "suffix": segments[1], "middle": f[0]} for f in fills]
 
 

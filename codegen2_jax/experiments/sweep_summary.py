@@ -16,10 +16,11 @@ from typing import TYPE_CHECKING
 
 from etils import epath
 
-from codegen2_jax import metrics, tables
+from codegen2_jax import metrics
+from codegen2_jax.experiments import tables
 
 if TYPE_CHECKING:
-    from codegen2_jax.sweep import Sweep
+    from codegen2_jax.experiments.sweep import Sweep
 
 DEFAULT_METRICS = r"loss$"  # the table's metric columns; summary.json keeps every scalar
 FINAL_METRICS_FILE = "final_metrics.json"  # codegen2_jax.main writes it when training returns

@@ -16,20 +16,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from codegen2_jax import (
-    checkpointing,
-    gin_config,
-    hf,
-    optim,
-    partitioning,
-    sample_cli,
-    sampling,
-    sampling_benchmark,
-    train_state,
-    trained_model,
-)
+from codegen2_jax import gin_config, optim, partitioning, train_state
+from codegen2_jax.benchmarks import decode_benchmark
+from codegen2_jax.checkpointing import checkpointer, hf
 from codegen2_jax.data import bpe
 from codegen2_jax.model import Decoder, TransformerConfig
+from codegen2_jax.sampling import decoding, sample_cli, trained_model
 
 CONFIG = TransformerConfig(
     vocab_size=128, num_layers=2, embed_dim=32, num_heads=4, rotary_dim=4, dtype="float32"
@@ -47,24 +39,24 @@ def params():
 @pytest.fixture(scope="module")
 def greedy(params):
     """The greedy generate function and its output on PROMPTS (one compilation, shared)."""
-    generate = sampling.make_generate(CONFIG, max_new_tokens=NEW)
+    generate = decoding.make_generate(CONFIG, max_new_tokens=NEW)
     out = generate(
-        params, *sampling.left_pad(PROMPTS), *_unlimited(len(PROMPTS)), jax.random.key(0)
+        params, *decoding.left_pad(PROMPTS), *_unlimited(len(PROMPTS)), jax.random.key(0)
     )
     return generate, jax.device_get(out)
 
 
 def _unlimited(batch, new=NEW):
     """(stop_tokens, max_lengths): no stop ids, `new` tokens per row."""
-    return sampling.stop_token_array([[]] * batch), np.full(batch, new, np.int32)
+    return decoding.stop_token_array([[]] * batch), np.full(batch, new, np.int32)
 
 
 def test_left_pad_right_aligns_prompts_and_rounds_the_width():
-    tokens, lengths = sampling.left_pad([[1, 2, 3], [4]], pad_id=0, multiple=4)
+    tokens, lengths = decoding.left_pad([[1, 2, 3], [4]], pad_id=0, multiple=4)
     np.testing.assert_array_equal(tokens, [[0, 1, 2, 3], [0, 0, 0, 4]])
     np.testing.assert_array_equal(lengths, [3, 1])
     np.testing.assert_array_equal(
-        sampling.stop_token_array([[7], [8, 9]]), [[7, sampling.NO_STOP], [8, 9]]
+        decoding.stop_token_array([[7], [8, 9]]), [[7, decoding.NO_STOP], [8, 9]]
     )
 
 
@@ -72,7 +64,7 @@ def test_filter_logits_keeps_the_top_k_and_the_nucleus():
     logits = jnp.log(jnp.array([[0.5, 0.3, 0.15, 0.05]]))
 
     def kept(**kwargs):
-        return np.isfinite(np.asarray(sampling.filter_logits(logits, **kwargs)))[0].tolist()
+        return np.isfinite(np.asarray(decoding.filter_logits(logits, **kwargs)))[0].tolist()
 
     assert kept(top_k=2) == [True, True, False, False]
     assert kept(top_p=0.7) == [True, True, False, False]  # 0.5 < 0.7, 0.5 + 0.3 reaches it
@@ -107,21 +99,21 @@ def test_greedy_equals_argmax_of_repeated_full_forwards(params, greedy):
     sequences = _full_forward_greedy(params, prefix_prompt=False)
     for row, prompt in enumerate(PROMPTS):
         assert (
-            sampling.generated(out, row) == sequences[row, len(prompt) : len(prompt) + NEW].tolist()
+            decoding.generated(out, row) == sequences[row, len(prompt) : len(prompt) + NEW].tolist()
         )
     np.testing.assert_array_equal(out.lengths, NEW)
 
 
 @pytest.mark.parametrize("setting", [dict(top_k=1), dict(top_p=1e-6)])
 def test_top_k_one_and_tiny_top_p_sample_the_greedy_tokens(params, greedy, setting):
-    generate = sampling.make_generate(CONFIG, max_new_tokens=NEW, temperature=1.0, **setting)
-    out = generate(params, *sampling.left_pad(PROMPTS), *_unlimited(3), jax.random.key(3))
+    generate = decoding.make_generate(CONFIG, max_new_tokens=NEW, temperature=1.0, **setting)
+    out = generate(params, *decoding.left_pad(PROMPTS), *_unlimited(3), jax.random.key(3))
     np.testing.assert_array_equal(out.tokens, greedy[1].tokens)
 
 
 def test_sampling_depends_only_on_the_key(params):
-    generate = sampling.make_generate(CONFIG, max_new_tokens=NEW, temperature=1.0)
-    inputs = (*sampling.left_pad(PROMPTS), *_unlimited(3))
+    generate = decoding.make_generate(CONFIG, max_new_tokens=NEW, temperature=1.0)
+    inputs = (*decoding.left_pad(PROMPTS), *_unlimited(3))
     first, again, other = (
         generate(params, *inputs, jax.random.key(seed)).tokens for seed in (1, 1, 2)
     )
@@ -131,16 +123,16 @@ def test_sampling_depends_only_on_the_key(params):
 
 def test_stop_tokens_and_limits_apply_per_row(params, greedy):
     generate, free = greedy
-    row0 = sampling.generated(free, 0)
+    row0 = decoding.generated(free, 0)
     stop_at = next(i for i in range(1, NEW) if row0[i] not in row0[:i])
-    never = next(t for t in range(CONFIG.vocab_size) if t not in sampling.generated(free, 2))
-    stops = sampling.stop_token_array([[row0[stop_at]], [], [never]])
+    never = next(t for t in range(CONFIG.vocab_size) if t not in decoding.generated(free, 2))
+    stops = decoding.stop_token_array([[row0[stop_at]], [], [never]])
     limits = np.array([NEW, 3, NEW], np.int32)
-    out = generate(params, *sampling.left_pad(PROMPTS), stops, limits, jax.random.key(0))
+    out = generate(params, *decoding.left_pad(PROMPTS), stops, limits, jax.random.key(0))
     np.testing.assert_array_equal(out.lengths, [stop_at + 1, 3, NEW])
     np.testing.assert_array_equal(out.stopped, [True, False, False])
-    assert sampling.generated(out, 0, strip_stop=False) == row0[: stop_at + 1]
-    assert sampling.generated(out, 0) == row0[:stop_at]
+    assert decoding.generated(out, 0, strip_stop=False) == row0[: stop_at + 1]
+    assert decoding.generated(out, 0) == row0[:stop_at]
     np.testing.assert_array_equal(out.tokens[0, stop_at + 1 :], 0)  # pad_id after the end
     np.testing.assert_array_equal(out.tokens[1, 3:], 0)
 
@@ -176,11 +168,11 @@ def test_completion_never_generates_the_infill_tokens(params, temperature):
     favoured = [v.mask_id(1), v.mask_id(2), v.sep_id, v.eom_id]
     bias = params["lm_head"]["bias"].at[jnp.array(favoured)].add(50.0)
     biased = {**params, "lm_head": {**params["lm_head"], "bias": bias}}
-    generate = sampling.make_generate(CONFIG, max_new_tokens=NEW, temperature=temperature)
-    inputs = sampling.left_pad([[5, 6, 7]])
+    generate = decoding.make_generate(CONFIG, max_new_tokens=NEW, temperature=temperature)
+    inputs = decoding.left_pad([[5, 6, 7]])
     free = jax.device_get(generate(biased, *inputs, *_unlimited(1), jax.random.key(0)))
-    assert set(sampling.generated(free, 0)) <= set(favoured)  # the bias wins unmasked
-    texts = sampling.complete(
+    assert set(decoding.generated(free, 0)) <= set(favoured)  # the bias wins unmasked
+    texts = decoding.complete(
         generate, biased, v, ["ab", "c"], rng=jax.random.key(0), max_new_tokens=NEW
     )
     assert all(len(t) == NEW for t in texts)
@@ -189,11 +181,11 @@ def test_completion_never_generates_the_infill_tokens(params, temperature):
 
 def test_infill_prompt_layout():
     v = FakeVocabulary()
-    assert sampling.infill_prompt([[10, 11], [12]], v) == [10, 11, 1999, 12, 1000, 1001, 1999]
-    three = sampling.infill_prompt([[10], [11], [12]], v)
+    assert decoding.infill_prompt([[10, 11], [12]], v) == [10, 11, 1999, 12, 1000, 1001, 1999]
+    three = decoding.infill_prompt([[10], [11], [12]], v)
     assert three == [10, 1999, 11, 1998, 12, 1000, 1001, 1999]
     with pytest.raises(ValueError):
-        sampling.infill_prompt([[10]], v)
+        decoding.infill_prompt([[10]], v)
 
 
 def test_infill_fills_masks_one_at_a_time_and_returns_the_middles():
@@ -209,9 +201,9 @@ def test_infill_fills_masks_one_at_a_time_and_returns_the_middles():
         for r, ids in enumerate(rows):
             out[r, : len(ids)] = ids
         stopped = np.array([bool(ids) and ids[-1] == v.eom_id for ids in rows])
-        return sampling.SampleOutput(out, np.array([len(ids) for ids in rows]), stopped)
+        return decoding.SampleOutput(out, np.array([len(ids) for ids in rows]), stopped)
 
-    fills = sampling.infill(
+    fills = decoding.infill(
         generate, None, v, [["a", "b", "c"], ["d", "e"]], rng=jax.random.key(0), max_new_tokens=4
     )
     assert fills == [["x", "w"], ["yz"]]  # "yz" hit the limit without <eom>: kept as it is
@@ -226,16 +218,16 @@ def test_prompts_start_with_the_decoder_start_token_when_asked():
 
     def generate(params, tokens, lengths, stops, limits, rng, suppressed_ids=None):
         prompts.extend(t[-n:].tolist() for t, n in zip(tokens, lengths, strict=True))
-        return sampling.SampleOutput(
+        return decoding.SampleOutput(
             np.full((len(tokens), 1), v.eom_id),
             np.ones(len(tokens), int),
             np.ones(len(tokens), bool),
         )
 
     common = dict(rng=jax.random.key(0), max_new_tokens=1)
-    sampling.complete(generate, None, v, ["ab"], **common)
-    sampling.complete(generate, None, v, ["ab"], start_id=0, **common)
-    sampling.infill(generate, None, v, [["a", "b", "c"]], start_id=7, **common)
+    decoding.complete(generate, None, v, ["ab"], **common)
+    decoding.complete(generate, None, v, ["ab"], start_id=0, **common)
+    decoding.infill(generate, None, v, [["a", "b", "c"]], start_id=7, **common)
     assert prompts == [
         [97, 98],
         [0, 97, 98],
@@ -247,12 +239,12 @@ def test_prompts_start_with_the_decoder_start_token_when_asked():
 
 def test_sharded_generate_equals_single_device(params):
     prompts = [[3 + r] * (2 + r % 4) for r in range(8)]  # eight rows: one per data shard
-    inputs = (*sampling.left_pad(prompts), *_unlimited(8, new=4), jax.random.key(5))
+    inputs = (*decoding.left_pad(prompts), *_unlimited(8, new=4), jax.random.key(5))
     setting = dict(max_new_tokens=4, temperature=1.0, top_k=20, top_p=0.9)
-    single = sampling.make_generate(CONFIG, **setting)(params, *inputs)
+    single = decoding.make_generate(CONFIG, **setting)(params, *inputs)
     gin_config.parse(["mesh/fsdp_tp.gin"])
     partitioner = gin_config.configured(partitioning.make_partitioner)()
-    sharded = sampling.make_generate(CONFIG, partitioner=partitioner, **setting)
+    sharded = decoding.make_generate(CONFIG, partitioner=partitioner, **setting)
     _, shardings = train_state.param_shardings(Decoder(CONFIG), (1, 1), partitioner)
     out = sharded(jax.device_put(params, shardings), *inputs)
     assert len(out.tokens.sharding.device_set) == 8
@@ -284,13 +276,13 @@ registry.task_name.corpus = 'stdlib_py'
 
 
 def test_prefix_lm_greedy_reads_the_prompt_as_a_bidirectional_prefix(params, greedy):
-    generate = sampling.make_generate(CONFIG, max_new_tokens=NEW, prefix_prompt=True)
-    inputs = (*sampling.left_pad(PROMPTS), *_unlimited(len(PROMPTS)), jax.random.key(0))
+    generate = decoding.make_generate(CONFIG, max_new_tokens=NEW, prefix_prompt=True)
+    inputs = (*decoding.left_pad(PROMPTS), *_unlimited(len(PROMPTS)), jax.random.key(0))
     out = jax.device_get(generate(params, *inputs))
     sequences = _full_forward_greedy(params, prefix_prompt=True)
     for row, prompt in enumerate(PROMPTS):
         assert (
-            sampling.generated(out, row) == sequences[row, len(prompt) : len(prompt) + NEW].tolist()
+            decoding.generated(out, row) == sequences[row, len(prompt) : len(prompt) + NEW].tolist()
         )
     # Reading the prompt bidirectionally changes what is generated, so the test can fail.
     assert not np.array_equal(out.tokens, greedy[1].tokens)
@@ -303,8 +295,8 @@ def _save_trained(directory, gin_text, run):
     partitioner = partitioning.make_partitioner(rules=(), data=1, devices=jax.devices()[:1])
     optimizer = optim.make_optimizer(warmup_steps=1, total_steps=10)
     state = train_state.init_train_state(Decoder(CONFIG), optimizer, (1, 8), partitioner, 0)
-    with checkpointing.Checkpointer(directory, async_save=False) as checkpointer:
-        checkpointer.save(7, state, b"", gin_text, run)
+    with checkpointer.Checkpointer(directory, async_save=False) as ckpt:
+        ckpt.save(7, state, b"", gin_text, run)
     vocab.save_vocabulary(vocab.default_vocabulary(), str(directory / vocab.SAVED_VOCABULARY_DIR))
 
 
@@ -343,11 +335,11 @@ def test_a_step_saved_before_the_run_record_is_read_from_its_gin_text(tmp_path):
 
 def rewrite_as_format_2(step_dir):
     """The manifest as format 2 wrote it: no run record, resealed."""
-    path = step_dir / checkpointing.MANIFEST / checkpointing.MANIFEST_FILE
+    path = step_dir / checkpointer.MANIFEST / checkpointer.MANIFEST_FILE
     body = json.loads(path.read_text())
     del body["sha256"], body["run"]
     body.update(format_version=2)
-    path.write_text(json.dumps({**body, "sha256": checkpointing._digest(body)}))
+    path.write_text(json.dumps({**body, "sha256": checkpointer._digest(body)}))
 
 
 def test_older_checkpoint_reader_takes_prefix_lm_from_the_objective_macro():
@@ -388,8 +380,8 @@ def test_cli_completes_and_infills_from_a_training_checkpoint(tmp_path, capsys):
     partitioner = partitioning.make_partitioner(rules=(), data=1, devices=jax.devices()[:1])
     optimizer = optim.make_optimizer(warmup_steps=1, total_steps=10)
     state = train_state.init_train_state(Decoder(config), optimizer, (1, 8), partitioner, 0)
-    with checkpointing.Checkpointer(tmp_path, async_save=False) as checkpointer:
-        checkpointer.save(7, state, b"", gin.config_str())
+    with checkpointer.Checkpointer(tmp_path, async_save=False) as ckpt:
+        ckpt.save(7, state, b"", gin.config_str())
     common = ["--checkpoint_dir", str(tmp_path), "--max_new_tokens", "5"]
     sample_cli.main([*common, "--prompt", "def add(a, b):"])
     completion = capsys.readouterr().out  # the code, for people
@@ -447,7 +439,7 @@ def test_cli_infills_with_an_hf_checkpoint_and_its_tokenizer(params, tmp_path, c
 
 
 def test_decode_benchmark_prints_tokens_per_second(capsys):
-    sampling_benchmark.main(
+    decode_benchmark.main(
         [
             "--gin_file=models/tiny.gin",
             "--gin.VOCAB_SIZE=128",
@@ -463,8 +455,8 @@ def test_decode_benchmark_prints_tokens_per_second(capsys):
 
 def test_sampling_modules_import_neither_tensorflow_nor_seqio():
     code = (
-        "import sys; import codegen2_jax.sampling, codegen2_jax.sample_cli, "
-        "codegen2_jax.sampling_benchmark; "
+        "import sys; import codegen2_jax.sampling.decoding, codegen2_jax.sampling.sample_cli, "
+        "codegen2_jax.benchmarks.decode_benchmark; "
         "print(sorted({'tensorflow', 'seqio'} & set(sys.modules)))"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)

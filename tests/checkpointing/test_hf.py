@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import safetensors.numpy
 
-from codegen2_jax import hf, hf_cli
+from codegen2_jax.checkpointing import hf, hf_cli
 from codegen2_jax.model import Decoder, TransformerConfig
 
 torch = pytest.importorskip("torch")

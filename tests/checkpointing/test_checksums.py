@@ -7,7 +7,8 @@ import pytest
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from codegen2_jax import checksums, partitioning
+from codegen2_jax import partitioning
+from codegen2_jax.checkpointing import checksums
 
 ARRAY = np.random.default_rng(0).standard_normal((16, 8)).astype(np.float32)
 

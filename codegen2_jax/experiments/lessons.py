@@ -1,14 +1,16 @@
 """The paper's lessons as experiments: arms, scales, and the command that runs and reports them.
 
-  python -m codegen2_jax.lessons --lessons=1,2,3,4,5 --scale=tiny --seeds=1 --out=DIR \
+  python -m codegen2_jax.experiments.lessons --lessons=1,2,3,4,5 --scale=tiny --seeds=1 --out=DIR \
       [--gin.NAME=VALUE ...]
 
 Each arm is one gin file in gin/experiments/lessons/ and trains as a sweep of one job per seed
-(codegen2_jax.sweep: DIR/<arm>/seed=<s>, resumable), with the scale's model file and bindings
-appended. Arms shared by several lessons (causal is the control of Lessons 1, 2, 3 and 5) train
-once. After training, each job's newest checkpoint is sampled (codegen2_jax.lessons_eval), and
+(codegen2_jax.experiments.sweep: DIR/<arm>/seed=<s>, resumable), with the scale's model file
+and bindings appended. Arms shared by several lessons (causal is the control of Lessons 1, 2,
+3 and 5) train once. After training, each job's newest checkpoint is sampled
+(codegen2_jax.experiments.lessons_eval), and
 DIR/results.json, results.md and results.png set the measurements beside the paper's claims
-(codegen2_jax.lessons_report). Rerunning the command skips finished jobs and evaluations.
+(codegen2_jax.experiments.lessons_report). Rerunning the command skips finished jobs and
+evaluations.
 """
 
 from __future__ import annotations
@@ -24,16 +26,11 @@ import sys
 import time
 from collections.abc import Sequence
 
-from codegen2_jax import (
-    gin_config,
-    lessons_eval,
-    lessons_report,
-    sweep,
-    sweep_summary,
-    trained_model,
-)
-from codegen2_jax.lessons_eval import EvalSettings
-from codegen2_jax.lessons_report import Claim, Lesson
+from codegen2_jax import gin_config
+from codegen2_jax.experiments import lessons_eval, lessons_report, sweep, sweep_summary
+from codegen2_jax.experiments.lessons_eval import EvalSettings
+from codegen2_jax.experiments.lessons_report import Claim, Lesson
+from codegen2_jax.sampling import trained_model
 
 logger = logging.getLogger(__name__)
 
@@ -288,7 +285,9 @@ def run(
 
 
 def _parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, list[tuple[str, str]]]:
-    parser = argparse.ArgumentParser(prog="python -m codegen2_jax.lessons", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="python -m codegen2_jax.experiments.lessons", description=__doc__
+    )
     parser.add_argument("--lessons", default="1,2,3,4,5", help="comma-separated, of 1-5")
     parser.add_argument("--scale", choices=sorted(SCALES), default="tiny")
     parser.add_argument("--seeds", type=int, default=1)

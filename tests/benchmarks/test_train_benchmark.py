@@ -5,7 +5,8 @@ import json
 import numpy as np
 import pytest
 
-from codegen2_jax import benchmark, partitioning
+from codegen2_jax import partitioning
+from codegen2_jax.benchmarks import train_benchmark
 from codegen2_jax.model import TransformerConfig
 
 TINY = TransformerConfig(
@@ -16,7 +17,7 @@ TINY = TransformerConfig(
 @pytest.mark.parametrize("layout", ["causal", "packed", "prefix_lm"])
 def test_benchmark_reports_throughput(layout):
     partitioner = partitioning.make_partitioner(rules=[("activation_batch", ("data", "fsdp"))])
-    result = benchmark.benchmark_train_step(
+    result = train_benchmark.benchmark_train_step(
         TINY, partitioner, batch=8, seq=32, steps=2, layout=layout
     )
     assert result["tokens_per_s"] == pytest.approx(8 * 32 / result["step_s"])
@@ -25,7 +26,7 @@ def test_benchmark_reports_throughput(layout):
 
 
 def test_command_line_prints_one_json_line(capsys):
-    benchmark.main(
+    train_benchmark.main(
         ["--gin_file=models/tiny.gin", "--batch=8", "--seq=16", "--steps=1", "--layout=packed"]
     )
     result = json.loads(capsys.readouterr().out.strip())
@@ -33,7 +34,7 @@ def test_command_line_prints_one_json_line(capsys):
 
 
 def test_checkpoint_flag_times_saves(capsys):
-    benchmark.main(["--checkpoint_gb=0.01", "--saves=1"])
+    train_benchmark.main(["--checkpoint_gb=0.01", "--saves=1"])
     result = json.loads(capsys.readouterr().out.strip())
     assert result["what"] == "codegen2_jax checkpoint save" and result["leaves"] == 16
     assert result["blocking_s_per_gb"] == pytest.approx(result["blocking_s"] / result["state_gb"])

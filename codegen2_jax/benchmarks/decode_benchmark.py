@@ -5,8 +5,8 @@ prompts of --prompt_len tokens, greedy decoding of exactly --new_tokens tokens (
 token), the timed call including the prompt's prefill; tokens/s = batch * new_tokens / seconds.
 Random parameters and prompts keep it free of TensorFlow, seqio and checkpoints:
 
-  python -m codegen2_jax.sampling_benchmark                       # models/small.gin (CPU)
-  python -m codegen2_jax.sampling_benchmark --gin_file=models/1b.gin \
+  python -m codegen2_jax.benchmarks.decode_benchmark                       # models/small.gin (CPU)
+  python -m codegen2_jax.benchmarks.decode_benchmark --gin_file=models/1b.gin \
       --gin.COMPUTE_DTYPE='"bfloat16"'                            # the CodeGen2-1B shape (GPU)
 
 Prints one JSON line per batch size; seconds is the median of --repeats timed calls after one
@@ -28,8 +28,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from codegen2_jax import gin_config, sampling
+from codegen2_jax import gin_config
 from codegen2_jax.model import Decoder, TransformerConfig
+from codegen2_jax.sampling import decoding
 
 DEFAULT_GIN_FILE = "models/small.gin"
 
@@ -62,14 +63,14 @@ def benchmark_decode(
     repeats: int,
 ) -> dict:
     """Compiles and runs generation once, then times `repeats` calls."""
-    generate = sampling.make_generate(config, max_new_tokens=new_tokens)
+    generate = decoding.make_generate(config, max_new_tokens=new_tokens)
     rng = np.random.default_rng(batch)
     prompts = rng.integers(0, config.vocab_size, (batch, prompt_len), dtype=np.int32)
     inputs = (
         params,
         prompts,
         np.full(batch, prompt_len, np.int32),
-        sampling.stop_token_array([[]] * batch),
+        decoding.stop_token_array([[]] * batch),
         np.full(batch, new_tokens, np.int32),
         jax.random.key(0),
     )

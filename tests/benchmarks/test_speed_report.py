@@ -5,7 +5,7 @@ import sys
 
 import pytest
 
-from codegen2_jax import speed_report
+from codegen2_jax.benchmarks import speed_report
 
 # Stand-ins for the reference scripts (which live outside the repository): their output format.
 JAX_REFERENCE = """import json, sys

@@ -46,7 +46,7 @@ import orbax.checkpoint as ocp
 from etils import epath
 from jax.experimental import multihost_utils
 
-from codegen2_jax import checksums, process_blobs
+from codegen2_jax.checkpointing import checksums, process_blobs
 
 logger = logging.getLogger(__name__)
 
@@ -473,7 +473,7 @@ class Checkpointer:
             and ocp.path.step.is_path_temporary(path)
         ]
         # Every process must have listed before the first one renames anything.
-        ocp.multihost.sync_global_processes("codegen2_jax.checkpointing:listed")
+        ocp.multihost.sync_global_processes("codegen2_jax.checkpointing.checkpointer:listed")
         for path in leftovers:
             self._discard(path, "half-written: the save never committed")
 
@@ -489,7 +489,9 @@ class Checkpointer:
             destination = set_aside / f"{path.name}.{_utc_stamp()}"
             path.rename(destination)
             logger.info("moved %s to %s", path, destination)
-        ocp.multihost.sync_global_processes(f"codegen2_jax.checkpointing:set_aside:{path.name}")
+        ocp.multihost.sync_global_processes(
+            f"codegen2_jax.checkpointing.checkpointer:set_aside:{path.name}"
+        )
         self._manager.reload()
 
 

@@ -25,7 +25,8 @@ import orbax.checkpoint as ocp
 import pytest
 from jax.experimental import multihost_utils
 
-from codegen2_jax import checkpointing, checksums, partitioning, train_state
+from codegen2_jax import partitioning, train_state
+from codegen2_jax.checkpointing import checkpointer, checksums
 from codegen2_jax.model import Decoder, TransformerConfig
 
 CONFIG = TransformerConfig(
@@ -62,19 +63,19 @@ def assert_bit_identical(actual, expected):
 
 
 def save_steps(directory, states_by_step, **kwargs):
-    with checkpointing.Checkpointer(directory, **kwargs) as ckpt:
+    with checkpointer.Checkpointer(directory, **kwargs) as ckpt:
         for step, state in states_by_step.items():
             assert ckpt.save(step, state, DATA_POSITION + bytes([step]), GIN_CONFIG, RUN)
 
 
 def restore(directory, setup):
     abstract, shardings, _, _ = setup
-    with checkpointing.Checkpointer(directory) as ckpt:
+    with checkpointer.Checkpointer(directory) as ckpt:
         return ckpt.restore_latest(abstract, shardings)
 
 
 def set_aside_names(directory):
-    set_aside = pathlib.Path(directory, checkpointing.SET_ASIDE_DIR)
+    set_aside = pathlib.Path(directory, checkpointer.SET_ASIDE_DIR)
     return sorted(p.name for p in set_aside.iterdir()) if set_aside.exists() else []
 
 
@@ -85,7 +86,7 @@ def test_round_trip_is_bit_identical(tmp_path, setup):
     assert restored.step == 7
     assert restored.data_position == DATA_POSITION + bytes([7])
     assert (restored.gin_config, restored.run) == (GIN_CONFIG, RUN)
-    with checkpointing.Checkpointer(tmp_path) as ckpt:
+    with checkpointer.Checkpointer(tmp_path) as ckpt:
         assert ckpt.latest_intact_step() == 7
         assert (ckpt.gin_config(7), ckpt.run_record(7)) == (GIN_CONFIG, RUN)
     assert_bit_identical(restored.state, second)
@@ -102,7 +103,7 @@ def test_no_checkpoint_restores_none(tmp_path, setup):
 def test_saving_a_step_not_newer_than_the_latest_is_a_no_op(tmp_path, setup):
     _, _, first, second = setup
     save_steps(tmp_path, {3: first})
-    with checkpointing.Checkpointer(tmp_path) as ckpt:
+    with checkpointer.Checkpointer(tmp_path) as ckpt:
         assert not ckpt.save(3, second, b"other", "other")
         assert not ckpt.save(2, second, b"other", "other")
         assert ckpt.all_steps() == [3]
@@ -127,7 +128,7 @@ def test_older_steps_outlive_an_uncommitted_save(tmp_path, setup, monkeypatch):
         return await commit(self, *args, **kwargs)
 
     monkeypatch.setattr(ocp.path.atomicity.AtomicRenameTemporaryPath, "finalize", held_commit)
-    with checkpointing.Checkpointer(tmp_path, max_to_keep=1) as ckpt:
+    with checkpointer.Checkpointer(tmp_path, max_to_keep=1) as ckpt:
         ckpt.save(1, first, b"1", GIN_CONFIG)
         release.set()
         ckpt.wait_until_finished()
@@ -146,7 +147,7 @@ def test_state_buffers_may_be_freed_once_save_returns(tmp_path, setup):
     _, _, first, _ = setup
     expected = jax.device_get(first)
     copy = jax.tree.map(lambda x: x + 0, first)
-    with checkpointing.Checkpointer(tmp_path) as ckpt:
+    with checkpointer.Checkpointer(tmp_path) as ckpt:
         ckpt.save(1, copy, b"1", GIN_CONFIG)
         for leaf in jax.tree.leaves(copy):
             leaf.delete()
@@ -165,7 +166,7 @@ def test_save_returns_before_the_digests_and_commits_once_written(tmp_path, setu
         return result(self)
 
     monkeypatch.setattr(checksums.PendingFingerprints, "result", held_result)
-    with checkpointing.Checkpointer(tmp_path) as ckpt:
+    with checkpointer.Checkpointer(tmp_path) as ckpt:
         try:
             ckpt.save(1, first, b"1", GIN_CONFIG)
             assert not (tmp_path / "1").exists()  # uncommitted while its digests are outstanding
@@ -186,7 +187,7 @@ async def async_failing_finalize(*args, **kwargs):
 @pytest.mark.parametrize("surfaces_in", ["next save", "close"])
 def test_failed_async_save_raises_and_deletes_nothing(tmp_path, setup, monkeypatch, surfaces_in):
     _, _, first, second = setup
-    ckpt = checkpointing.Checkpointer(tmp_path, max_to_keep=2)
+    ckpt = checkpointer.Checkpointer(tmp_path, max_to_keep=2)
     ckpt.save(1, first, b"1", GIN_CONFIG)
     ckpt.save(2, second, b"2", GIN_CONFIG)
     ckpt.wait_until_finished()
@@ -195,7 +196,7 @@ def test_failed_async_save_raises_and_deletes_nothing(tmp_path, setup, monkeypat
     )
     assert ckpt.save(3, first, b"3", GIN_CONFIG)  # returns before the commit fails
     surface = {"next save": lambda: ckpt.save(4, second, b"4", GIN_CONFIG), "close": ckpt.close}
-    with pytest.raises(checkpointing.CheckpointSaveError, match="step 3"):
+    with pytest.raises(checkpointer.CheckpointSaveError, match="step 3"):
         surface[surfaces_in]()
     if surfaces_in == "next save":
         ckpt.close()
@@ -253,11 +254,11 @@ def flip_64_bytes(step_dir, reference):
 
 def rewrite_as_format_1(step_dir, state):
     """The manifest as format 1 wrote it: per-array SHA-256 records, resealed."""
-    path = step_dir / checkpointing.MANIFEST / checkpointing.MANIFEST_FILE
+    path = step_dir / checkpointer.MANIFEST / checkpointer.MANIFEST_FILE
     body = json.loads(path.read_text())
     del body["sha256"]
     body.update(format_version=1, arrays=checksums.sha256_fingerprint(state))
-    path.write_text(json.dumps({**body, "sha256": checkpointing._digest(body)}))
+    path.write_text(json.dumps({**body, "sha256": checkpointer._digest(body)}))
 
 
 def flip_64_bytes_of_a_format_1_step(step_dir, reference):
@@ -270,13 +271,13 @@ def truncate(step_dir, reference):
 
 
 def edit_manifest(step_dir, _reference):
-    path = step_dir / checkpointing.MANIFEST / "metadata"
+    path = step_dir / checkpointer.MANIFEST / "metadata"
     path.write_text(path.read_text().replace("train.num_steps = 10", "train.num_steps = 99"))
 
 
 def edit_data_position(step_dir, _reference):
     name = f"process_{jax.process_index()}-of-{jax.process_count()}.bin"
-    path = step_dir / checkpointing.DATA_POSITION / name
+    path = step_dir / checkpointer.DATA_POSITION / name
     data = bytearray(path.read_bytes())
     data[len(data) // 2] ^= 0x01
     path.write_bytes(bytes(data))
@@ -318,21 +319,21 @@ def test_damaged_newest_step_is_set_aside(tmp_path, setup, caplog, damage, reaso
     assert restored.data_position == DATA_POSITION + bytes([1])
     assert any(reason in r.getMessage() and r.levelno == logging.ERROR for r in caplog.records)
     assert [name.split(".")[0] for name in set_aside_names(tmp_path)] == ["2"]
-    assert sorted(os.listdir(tmp_path)) == ["1", checkpointing.SET_ASIDE_DIR]
+    assert sorted(os.listdir(tmp_path)) == ["1", checkpointer.SET_ASIDE_DIR]
 
 
 def test_a_step_saved_in_format_2_restores_without_a_run_record(tmp_path, setup):
     _, _, _, second = setup
     save_steps(tmp_path, {1: second})
-    path = tmp_path / "1" / checkpointing.MANIFEST / checkpointing.MANIFEST_FILE
+    path = tmp_path / "1" / checkpointer.MANIFEST / checkpointer.MANIFEST_FILE
     body = json.loads(path.read_text())
     del body["sha256"], body["run"]
     body.update(format_version=2)
-    path.write_text(json.dumps({**body, "sha256": checkpointing._digest(body)}))
+    path.write_text(json.dumps({**body, "sha256": checkpointer._digest(body)}))
     restored = restore(tmp_path, setup)
     assert (restored.step, restored.run) == (1, None)
     assert_bit_identical(restored.state, second)
-    with checkpointing.Checkpointer(tmp_path) as ckpt:
+    with checkpointer.Checkpointer(tmp_path) as ckpt:
         assert ckpt.run_record(1) is None
 
 
@@ -351,10 +352,10 @@ def test_read_only_reader_skips_damage_and_changes_nothing(tmp_path, setup, capl
     in_flight = tmp_path / ("3" + ocp.path.atomicity_types.TMP_DIR_SUFFIX)
     in_flight.mkdir()
     before = sorted(os.listdir(tmp_path))
-    with checkpointing.Checkpointer(tmp_path, read_only=True) as ckpt, caplog.at_level("ERROR"):
+    with checkpointer.Checkpointer(tmp_path, read_only=True) as ckpt, caplog.at_level("ERROR"):
         assert ckpt.latest_intact_step() == 1
         restored = ckpt.restore_latest(abstract, shardings)
-        with pytest.raises(checkpointing.CheckpointError, match="read-only"):
+        with pytest.raises(checkpointer.CheckpointError, match="read-only"):
             ckpt.save(4, first, b"4", GIN_CONFIG)
     assert restored.step == 1
     assert_bit_identical(restored.state, first)
@@ -364,7 +365,7 @@ def test_read_only_reader_skips_damage_and_changes_nothing(tmp_path, setup, capl
 
 def test_read_only_reader_of_a_missing_directory_finds_nothing(tmp_path, setup):
     abstract, shardings, _, _ = setup
-    with checkpointing.Checkpointer(tmp_path / "absent", read_only=True) as ckpt:
+    with checkpointer.Checkpointer(tmp_path / "absent", read_only=True) as ckpt:
         assert ckpt.latest_intact_step() is None
         assert ckpt.restore_latest(abstract, shardings) is None
     assert not (tmp_path / "absent").exists()
@@ -392,9 +393,9 @@ def test_restoring_into_a_different_layout_names_the_parameter(tmp_path, setup):
         ),
         (bf16, r"params/embed/embedding: .* target has shape \(64, 32\) dtype bfloat16"),
     ]
-    with checkpointing.Checkpointer(tmp_path) as ckpt:
+    with checkpointer.Checkpointer(tmp_path) as ckpt:
         for target, message in expected:
-            with pytest.raises(checkpointing.CheckpointMismatchError, match=message):
+            with pytest.raises(checkpointer.CheckpointMismatchError, match=message):
                 ckpt.restore_latest(target, shardings)
     assert set_aside_names(tmp_path) == []
 
@@ -408,8 +409,8 @@ def test_restoring_a_different_parameter_set_names_the_parameters(tmp_path, setu
     del shard_params["lm_head"]
     target = abstract.replace(params=params)
     with (
-        checkpointing.Checkpointer(tmp_path) as ckpt,
-        pytest.raises(checkpointing.CheckpointMismatchError) as error,
+        checkpointer.Checkpointer(tmp_path) as ckpt,
+        pytest.raises(checkpointer.CheckpointMismatchError) as error,
     ):
         ckpt.restore_latest(target, shardings.replace(params=shard_params))
     assert "params/extra/kernel: in the target but not in the checkpoint" in str(error.value)
@@ -419,7 +420,7 @@ def test_restoring_a_different_parameter_set_names_the_parameters(tmp_path, setu
 def test_parameters_restore_alone_without_the_optimizer(tmp_path, setup):
     abstract, shardings, first, second = setup
     save_steps(tmp_path, {1: first, 2: second})
-    with checkpointing.Checkpointer(tmp_path, read_only=True) as ckpt:
+    with checkpointer.Checkpointer(tmp_path, read_only=True) as ckpt:
         restored = ckpt.restore_latest_params(abstract.params, shardings.params)
     assert (restored.step, restored.data_position, restored.gin_config) == (2, None, GIN_CONFIG)
     assert_bit_identical(restored.state, second.params)
@@ -429,13 +430,13 @@ def test_parameters_restore_skips_a_damaged_step_and_names_a_mismatch(tmp_path, 
     abstract, shardings, first, second = setup
     save_steps(tmp_path, {1: first, 2: second})
     edit_manifest(tmp_path / "2", None)
-    with checkpointing.Checkpointer(tmp_path) as ckpt, caplog.at_level(logging.ERROR):
+    with checkpointer.Checkpointer(tmp_path) as ckpt, caplog.at_level(logging.ERROR):
         restored = ckpt.restore_latest_params(abstract.params, shardings.params)
         assert restored.step == 1
         assert_bit_identical(restored.state, first.params)
         name = "embed/embedding"
         wider = with_leaf(abstract.params, name, lambda x: jax.ShapeDtypeStruct((64, 48), x.dtype))
-        with pytest.raises(checkpointing.CheckpointMismatchError, match=f"params/{name}: "):
+        with pytest.raises(checkpointer.CheckpointMismatchError, match=f"params/{name}: "):
             ckpt.restore_latest_params(wider, shardings.params)
     assert [name.split(".")[0] for name in set_aside_names(tmp_path)] == ["2"]
 
@@ -444,10 +445,10 @@ def test_restoring_with_a_different_process_count_is_refused(tmp_path, setup):
     """Each host's data position belongs to its shard of the data: no silent reuse."""
     _, _, first, _ = setup
     save_steps(tmp_path, {1: first})
-    for path in (tmp_path / "1" / checkpointing.DATA_POSITION).glob("process_0-of-1.*"):
+    for path in (tmp_path / "1" / checkpointer.DATA_POSITION).glob("process_0-of-1.*"):
         path.rename(path.with_name(path.name.replace("-of-1", "-of-2")))
     with pytest.raises(
-        checkpointing.CheckpointMismatchError, match="saved by a 2-process run; this run has 1"
+        checkpointer.CheckpointMismatchError, match="saved by a 2-process run; this run has 1"
     ):
         restore(tmp_path, setup)
     assert set_aside_names(tmp_path) == []
@@ -458,11 +459,11 @@ def test_non_finite_state_is_refused(tmp_path, setup):
     _, _, first, _ = setup
     name = "params/layers/mlp/fc_in/bias"
     poisoned = with_leaf(first, name, lambda x: x.at[0, 3].set(jnp.nan))
-    with checkpointing.Checkpointer(tmp_path) as ckpt:
+    with checkpointer.Checkpointer(tmp_path) as ckpt:
         assert ckpt.save(1, poisoned, DATA_POSITION, GIN_CONFIG)
-        with pytest.raises(checkpointing.CheckpointSaveError, match=f"non-finite.*{name}") as error:
+        with pytest.raises(checkpointer.CheckpointSaveError, match=f"non-finite.*{name}") as error:
             ckpt.wait_until_finished()
-        assert isinstance(error.value.__cause__, checkpointing.NonFiniteStateError)
+        assert isinstance(error.value.__cause__, checkpointer.NonFiniteStateError)
         assert ckpt.all_steps() == []
 
 
@@ -477,7 +478,7 @@ def two_process_worker(process_id: int, port: int, directory: str):
         same = checksums.fingerprint(restored.state) == checksums.fingerprint(saved)
         return [restored.step, restored.data_position.decode(), same]
 
-    with checkpointing.Checkpointer(directory) as ckpt:
+    with checkpointer.Checkpointer(directory) as ckpt:
         for step, state in ((1, first), (2, second)):
             ckpt.save(step, state, f"host {process_id} at {step}".encode(), GIN_CONFIG)
         results = {"intact": summary(ckpt.restore_latest(abstract, shardings))}
@@ -517,7 +518,7 @@ def test_two_processes_each_restore_their_own_data_position(tmp_path):
     env = dict(
         os.environ,
         XLA_FLAGS="--xla_force_host_platform_device_count=4",
-        PYTHONPATH=str(pathlib.Path(__file__).resolve().parents[1]),
+        PYTHONPATH=str(pathlib.Path(__file__).resolve().parents[2]),
     )
     command = [sys.executable, __file__, str(free_port()), str(tmp_path)]
     # A guard against a hang at a barrier; the first save compiles the digest programs.

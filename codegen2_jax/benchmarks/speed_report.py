@@ -1,18 +1,18 @@
 """One command for every speed figure, beside its references, in one process tree.
 
-  python -m codegen2_jax.speed_report --anchors=DIR            # GPU: the CodeGen2-1B shape
-  python -m codegen2_jax.speed_report --anchors=DIR --tiny     # seconds, on a CPU
+  python -m codegen2_jax.benchmarks.speed_report --anchors=DIR         # GPU: the CodeGen2-1B shape
+  python -m codegen2_jax.benchmarks.speed_report --anchors=DIR --tiny  # seconds, on a CPU
 
 DIR holds the reference scripts jax_ref_bench.py (a plain JAX decoder step) and
 hf_codegen_bench.py (transformers' CodeGen). Each measurement runs in its own process, one
-after another, so none holds another's device memory: the project's train step on a causal,
-a packed (the CodeGen2 mixture's rows) and a prefix-LM batch (codegen2_jax.benchmark), the
-packed and prefix-LM steps again with the block-skipping Pallas attention (attention_impl
-"pallas"; off a GPU it runs interpreted, so its CPU figures say nothing of its speed), the
-plain JAX reference causal and prefix-LM at the same shape, the project's greedy decode
-(codegen2_jax.sampling_benchmark) and transformers' (train step and decode). Needs neither
-TensorFlow nor seqio. Prints one JSON object: every figure, the ratios that compare them, and
-each run's own JSON lines.
+after another, so none holds another's device memory: the project's train step on a causal, a
+packed (the CodeGen2 mixture's rows) and a prefix-LM batch
+(codegen2_jax.benchmarks.train_benchmark), the packed and prefix-LM steps again with the
+block-skipping Pallas attention (attention_impl "pallas"; off a GPU it runs interpreted, so its
+CPU figures say nothing of its speed), the plain JAX reference causal and prefix-LM at the same
+shape, the project's greedy decode (codegen2_jax.benchmarks.decode_benchmark) and transformers'
+(train step and decode). Needs neither TensorFlow nor seqio. Prints one JSON object: every
+figure, the ratios that compare them, and each run's own JSON lines.
 """
 
 from __future__ import annotations
@@ -103,7 +103,7 @@ def measurements(anchors: str, shape: Shape) -> dict[str, list[dict]]:
     train = [
         python,
         "-m",
-        "codegen2_jax.benchmark",
+        "codegen2_jax.benchmarks.train_benchmark",
         *shape.gin,
         f"--batch={shape.batch}",
         f"--seq={shape.seq}",
@@ -118,7 +118,7 @@ def measurements(anchors: str, shape: Shape) -> dict[str, list[dict]]:
     runs["decode"] = [
         python,
         "-m",
-        "codegen2_jax.sampling_benchmark",
+        "codegen2_jax.benchmarks.decode_benchmark",
         *shape.gin,
         *(f"--batch={b}" for b in shape.decode_batches),
         f"--prompt_len={shape.prompt_len}",

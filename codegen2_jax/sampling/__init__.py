@@ -1,0 +1,1 @@
+"""Decoding with a KV cache, and models read back for it."""
