@@ -2,8 +2,12 @@
 naming exactly what is there."""
 
 import fnmatch
+import importlib
 import pathlib
+import pkgutil
 import re
+
+import codegen2_jax
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "codegen2_jax"
@@ -74,3 +78,11 @@ def test_nothing_in_the_library_imports_the_experiments():
         )
     ]
     assert importers == []
+
+
+def test_every_module_imports():
+    # A command line no other test runs still fails here when a move breaks its imports.
+    modules = [m.name for m in pkgutil.walk_packages(codegen2_jax.__path__, "codegen2_jax.")]
+    for name in modules:
+        importlib.import_module(name)
+    assert "codegen2_jax.experiments.plot_curves" in modules

@@ -19,7 +19,8 @@ import matplotlib
 matplotlib.use("Agg")  # files only; no display on training hosts
 from matplotlib import pyplot  # noqa: E402
 
-from codegen2_jax import metrics, tables  # noqa: E402
+from codegen2_jax import metrics  # noqa: E402
+from codegen2_jax.experiments import tables  # noqa: E402
 
 
 def loss_series(model_dir: str) -> dict[str, tuple[list[int], list[float]]]:
