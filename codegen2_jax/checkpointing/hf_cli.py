@@ -94,8 +94,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def export_trained(args: argparse.Namespace) -> str:
     """Exports a step of a training checkpoint directory; returns what was written."""
-    from codegen2_jax import trained_model  # imports TensorFlow (the saved vocabulary
     from codegen2_jax.data import tokenizer_files
+    from codegen2_jax.sampling import trained_model  # imports TensorFlow (saved vocabulary)
 
     trained = trained_model.load(args.checkpoint_dir, args.step)
     if trained.prefix_prompt:
