@@ -112,6 +112,6 @@ def test_an_unset_required_macro_stops_the_parse_naming_it():
                 "mesh/data_parallel.gin",
                 "runs/pretrain.gin",
             ],
-            ["MODEL_DIR = '/tmp/x'", "TRAIN_STEPS = 3", "SEQ_LEN = 64"],
+            ["MODEL_DIR = '/unused'", "TRAIN_STEPS = 3", "SEQ_LEN = 64"],
         )
-    gin_config.parse(["experiments/tiny_cpu.gin"], ["MODEL_DIR = '/tmp/x'"])
+    gin_config.parse(["experiments/tiny_cpu.gin"], ["MODEL_DIR = '/unused'"])
