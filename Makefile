@@ -22,14 +22,16 @@ $(VENV)/.installed: setup.py
 	$(PIP) check
 	touch $@
 
+# The demo's prompts, in bash's $'...' quoting: each command echoes as one line.
+DEMO_PROMPT := $$'import os\n\n\ndef '
+DEMO_PREFIX := $$'def read_lines(path):\n    with open(path) as f:\n        '
+DEMO_SUFFIX := $$'\n    return lines\n'
+
 demo: venv
 	$(PY) -m codegen2_jax.main --gin_file=experiments/demo_cpu.gin --gin.MODEL_DIR="'$(DEMO_DIR)'"
 	$(PY) -m codegen2_jax.experiments.plot_curves --model_dir=$(DEMO_DIR)
-	$(PY) -m codegen2_jax.sampling.sample_cli --checkpoint_dir=$(DEMO_DIR)/checkpoints \
-	    --prompt=$$'import os\n\n\ndef ' --max_new_tokens=64
-	$(PY) -m codegen2_jax.sampling.sample_cli --checkpoint_dir=$(DEMO_DIR)/checkpoints \
-	    --prefix=$$'def read_lines(path):\n    with open(path) as f:\n        ' \
-	    --suffix=$$'\n    return lines\n' --max_new_tokens=32
+	$(PY) -m codegen2_jax.sampling.sample_cli --checkpoint_dir=$(DEMO_DIR)/checkpoints --prompt=$(DEMO_PROMPT) --max_new_tokens=64
+	$(PY) -m codegen2_jax.sampling.sample_cli --checkpoint_dir=$(DEMO_DIR)/checkpoints --prefix=$(DEMO_PREFIX) --suffix=$(DEMO_SUFFIX) --max_new_tokens=32
 
 test: venv
 	$(PY) -m ruff check .

@@ -46,6 +46,7 @@ NATIVE_NOISE = (
     "cpu_feature_guard.cc",  # "This TensorFlow binary is optimized to use ..."
     "To enable the following instructions:",  # its second line
     "precompiled_charsmap is empty",  # TensorFlow Text's sentencepiece, at each pipeline
+    "oneDNN custom operations are on",  # TensorFlow's note on float round-off, at import
 )
 _FILTER_PROGRAM = """
 import sys

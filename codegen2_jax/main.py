@@ -158,10 +158,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     summary = gin_config.configured(train.train)(config_text=text)
     if summary is None:  # the run was already finished: its results stay as they are
         return
-    logger.info("finished: %s", {k: round(v, 4) for k, v in sorted(summary.items())})
+    results = os.path.join(model_dir, "final_metrics.json")
     if jax.process_index() == 0:
-        with open(os.path.join(model_dir, "final_metrics.json"), "w", encoding="utf-8") as f:
+        with open(results, "w", encoding="utf-8") as f:
             json.dump(summary, f, indent=1, sort_keys=True)
+    # The evaluations printed their own lines: this one stays short.
+    loss = f"train loss {summary['loss']:.4f}; " if "loss" in summary else ""
+    logger.info("finished: %severy result in %s", loss, results)
     # Everything is written and closed. Interpreter shutdown would garbage-collect the ~650k
     # objects TensorFlow, seqio and JAX keep (about 1.5 s per process); frozen, they are
     # left to the operating system.

@@ -21,10 +21,13 @@ use (later uses read the cache) and shards a split across hosts by examples.
 """
 
 import ast
+import contextlib
 import dataclasses
 import hashlib
 import importlib.metadata
+import io
 import itertools
+import logging
 import pathlib
 import sysconfig
 from collections.abc import Callable, Iterator
@@ -34,6 +37,8 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from codegen2_jax.data import documents
+
+logger = logging.getLogger(__name__)
 
 STDLIB_LICENSE = "PSF-2.0"
 _EXCLUDED_DIRS = frozenset(
@@ -273,7 +278,8 @@ class StdlibSource(seqio.DataSource):
         """The prepared builder (prepared now if its data_dir has no copy yet)."""
         data_dir = self._data_dir() if callable(self._data_dir) else self._data_dir
         builder = CodegenStdlib(config=self._config, data_dir=data_dir)
-        builder.download_and_prepare()
+        if not builder.is_prepared():
+            _prepare(builder)
         return builder
 
     def list_shards(self, split: str) -> list[str]:
@@ -291,3 +297,22 @@ class StdlibSource(seqio.DataSource):
         return self.builder().as_dataset(
             split=split, shuffle_files=shuffle, read_config=read_config
         )
+
+
+def _prepare(builder: CodegenStdlib) -> None:
+    """Builds the corpus (seconds): one line here and one per split, not TFDS's bars and banners.
+
+    The bars are switched back on afterwards (TFDS's default, which nothing else here changes).
+    """
+    logger.info(
+        "building the embedded corpus %s/%s in %s",
+        builder.name,
+        builder.builder_config.name,
+        builder.data_dir_root,
+    )
+    tfds.disable_progress_bar()
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):  # TFDS prints its banners there
+            builder.download_and_prepare()
+    finally:
+        tfds.enable_progress_bar()
