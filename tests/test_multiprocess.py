@@ -43,24 +43,17 @@ EXECUTION = (
 
 
 @pytest.fixture(scope="module")
-def cache(tmp_path_factory):
-    return str(tmp_path_factory.mktemp("compilation_cache"))
-
-
-@pytest.fixture(scope="module")
-def reference(tmp_path_factory, corpus_dir, cache):
+def reference(tmp_path_factory, corpus_dir):
     """One process, two devices, over the session's corpus (built before any run reads it)."""
     model_dir = tmp_path_factory.mktemp("runs") / "single_process"
-    training_runs.run_to_completion(
-        model_dir, corpus_dir, *BINDINGS, *EXECUTION, cache=cache, devices=2
-    )
+    training_runs.run_to_completion(model_dir, corpus_dir, *BINDINGS, *EXECUTION, devices=2)
     return model_dir
 
 
 @pytest.fixture(scope="module")
-def two_processes(tmp_path_factory, corpus_dir, cache, reference):
+def two_processes(tmp_path_factory, corpus_dir, reference):
     model_dir = tmp_path_factory.mktemp("runs") / "two_processes"
-    training_runs.run_job_to_completion(model_dir, corpus_dir, *BINDINGS, *EXECUTION, cache=cache)
+    training_runs.run_job_to_completion(model_dir, corpus_dir, *BINDINGS, *EXECUTION)
     return model_dir
 
 
@@ -76,10 +69,10 @@ def assert_same_run(model_dir, expected_dir):
     )
 
 
-def start_and_run_a_few_steps(model_dir, corpus_dir, cache, *bindings: str) -> list:
+def start_and_run_a_few_steps(model_dir, corpus_dir, *bindings: str) -> list:
     """Starts the job and returns once it has logged a few more steps than before."""
     logged = training_runs.logged_steps(model_dir)
-    job = training_runs.start_job(model_dir, corpus_dir, *BINDINGS, *bindings, cache=cache)
+    job = training_runs.start_job(model_dir, corpus_dir, *BINDINGS, *bindings)
     assert training_runs.wait_for_progress(job[0], model_dir, after=logged + 2), "it ended"
     return job
 
@@ -162,7 +155,7 @@ def test_two_processes_score_programs_like_one_process(two_processes, reference)
 
 
 def test_killed_and_frozen_processes_are_detected_and_the_run_resumes_exactly(
-    tmp_path, corpus_dir, cache, two_processes
+    tmp_path, corpus_dir, two_processes
 ):
     """One run survives both processes killed, one killed and one frozen, restarting each time.
 
@@ -182,11 +175,11 @@ def test_killed_and_frozen_processes_are_detected_and_the_run_resumes_exactly(
     try:
         for interrupt, bindings in interruptions.items():
             log_start = len(training_runs.read_process_log(model_dir, 0)) if started else 0
-            started += start_and_run_a_few_steps(model_dir, corpus_dir, cache, *bindings)
+            started += start_and_run_a_few_steps(model_dir, corpus_dir, *bindings)
             interrupt(started[-2:], functools.partial(log_after, model_dir, log_start))
     finally:
         for process in started:
             process.kill()  # any left after a failed check (a stopped one too)
     assert max(metrics.read_metrics(model_dir)) < STEPS
-    training_runs.run_job_to_completion(model_dir, corpus_dir, *BINDINGS, cache=cache)
+    training_runs.run_job_to_completion(model_dir, corpus_dir, *BINDINGS)
     assert_same_run(model_dir, two_processes)

@@ -251,13 +251,12 @@ CHAOS_BINDINGS = (
 def chaos_reference(tmp_path_factory, corpus_dir):
     """The uninterrupted run every chaos seed must reproduce, run once for all of them.
 
-    Its persistent compilation cache is shared by the seeds' restarts too, so that no
-    restarted process compiles (the cached executable is the same program: bits don't move).
+    It fills the session's compilation cache with the programs every restart needs, so that
+    no restarted process compiles.
     """
-    root = tmp_path_factory.mktemp("chaos")
-    reference, cache = root / "reference", str(root / "compilation_cache")
-    training_runs.run_to_completion(reference, corpus_dir, *CHAOS_BINDINGS, cache=cache)
-    return reference, cache
+    reference = tmp_path_factory.mktemp("chaos") / "reference"
+    training_runs.run_to_completion(reference, corpus_dir, *CHAOS_BINDINGS)
+    return reference
 
 
 @pytest.mark.slow
@@ -267,11 +266,11 @@ def test_sigkill_chaos_resume_is_bitwise_identical(tmp_path, corpus_dir, chaos_r
     """Kills a real training process at random moments (many during async saves, which run
     every step); restarted each time, it must reproduce the uninterrupted run bit for bit."""
     steps, kills_wanted, bindings = CHAOS_STEPS, 8, CHAOS_BINDINGS
-    (reference, cache), chaos = chaos_reference, tmp_path / "chaos"
+    reference, chaos = chaos_reference, tmp_path / "chaos"
 
     rng, kills = random.Random(seed), 0
     while kills < kills_wanted:
-        process = training_runs.start(chaos, corpus_dir, *bindings, cache=cache)
+        process = training_runs.start(chaos, corpus_dir, *bindings)
         seen = training_runs.logged_steps(chaos)
         if not training_runs.wait_for_progress(process, chaos, after=seen):
             break  # finished on its own
@@ -283,7 +282,7 @@ def test_sigkill_chaos_resume_is_bitwise_identical(tmp_path, corpus_dir, chaos_r
             process.send_signal(signal.SIGKILL)
             process.wait()
             kills += 1
-    training_runs.run_to_completion(chaos, corpus_dir, *bindings, cache=cache)
+    training_runs.run_to_completion(chaos, corpus_dir, *bindings)
 
     assert kills == kills_wanted, "the run finished before enough kills; raise TRAIN_STEPS"
     expected = {s: m["train/loss"] for s, m in metrics.read_metrics(reference).items()}

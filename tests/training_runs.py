@@ -17,17 +17,12 @@ from codegen2_jax.model import Decoder, TransformerConfig
 REPO = gin_config.GIN_DIR.parent
 
 
-def subprocess_env(compilation_cache: str | None = None, devices: int = 1) -> dict[str, str]:
+def subprocess_env(devices: int = 1) -> dict[str, str]:
     """One CPU device per process unless told otherwise (fast, and identical between runs).
 
-    A shared persistent compilation cache makes restarts skip XLA compilation, which is most
-    of a tiny run's start-up; the cached executable is the same program, so bits don't move.
+    The session's compilation cache comes with the environment (conftest.compilation_cache).
     """
     env = dict(os.environ, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="3")
-    if compilation_cache:
-        env["JAX_COMPILATION_CACHE_DIR"] = compilation_cache
-        env["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
-        env["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"] = "0"
     flags = [f for f in env.get("XLA_FLAGS", "").split() if "device_count" not in f]
     if devices > 1:
         flags.append(f"--xla_force_host_platform_device_count={devices}")
@@ -35,6 +30,18 @@ def subprocess_env(compilation_cache: str | None = None, devices: int = 1) -> di
     if not flags:
         del env["XLA_FLAGS"]  # XLA reads a blank value as a file name
     return env
+
+
+def set_subprocess_env(monkeypatch) -> None:
+    """Gives the processes that library code starts (sweeps, lessons) subprocess_env().
+
+    This process's backend starts first, so that it keeps the session's 8 fake devices.
+    """
+    jax.devices()
+    env = subprocess_env()
+    monkeypatch.delenv("XLA_FLAGS", raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
 
 
 def train_command(model_dir, data_dir, *bindings: str) -> list[str]:
@@ -49,13 +56,11 @@ def train_command(model_dir, data_dir, *bindings: str) -> list[str]:
     ]
 
 
-def start(
-    model_dir, data_dir, *bindings: str, log=None, cache=None, devices: int = 1
-) -> subprocess.Popen:
+def start(model_dir, data_dir, *bindings: str, log=None, devices: int = 1) -> subprocess.Popen:
     return subprocess.Popen(
         train_command(model_dir, data_dir, *bindings),
         cwd=REPO,
-        env=subprocess_env(cache, devices),
+        env=subprocess_env(devices),
         stdout=log or subprocess.DEVNULL,
         stderr=subprocess.STDOUT,
     )
@@ -71,16 +76,14 @@ def process_log(model_dir, process_id: int) -> str:
     return f"{model_dir}.process{process_id}.log"
 
 
-def start_job(model_dir, data_dir, *bindings: str, processes: int = 2, cache=None) -> list:
+def start_job(model_dir, data_dir, *bindings: str, processes: int = 2) -> list:
     """One run over several processes on 127.0.0.1 (one CPU device each), logs beside model_dir."""
     job = (f"--coordinator_address=127.0.0.1:{free_port()}", f"--num_processes={processes}")
     started = []
     for i in range(processes):
         with open(process_log(model_dir, i), "ab") as log:
             started.append(
-                start(
-                    model_dir, data_dir, *job, f"--process_id={i}", *bindings, log=log, cache=cache
-                )
+                start(model_dir, data_dir, *job, f"--process_id={i}", *bindings, log=log)
             )
     return started
 
@@ -94,9 +97,9 @@ def read_process_log(model_dir, process_id: int) -> str:
     return log_tail(process_log(model_dir, process_id), chars=None)
 
 
-def run_job_to_completion(model_dir, data_dir, *bindings: str, cache=None, timeout=600) -> None:
+def run_job_to_completion(model_dir, data_dir, *bindings: str, timeout=600) -> None:
     """Runs a two-process job to its end; a failure shows every process's log tail."""
-    job = start_job(model_dir, data_dir, *bindings, cache=cache)
+    job = start_job(model_dir, data_dir, *bindings)
     deadline = time.monotonic() + timeout
     try:
         codes = [p.wait(timeout=max(1.0, deadline - time.monotonic())) for p in job]
@@ -108,12 +111,10 @@ def run_job_to_completion(model_dir, data_dir, *bindings: str, cache=None, timeo
         raise AssertionError(f"exit codes {codes}:\n" + "\n---\n".join(tails))
 
 
-def run_to_completion(
-    model_dir, data_dir, *bindings: str, cache=None, timeout=600, devices: int = 1
-) -> None:
+def run_to_completion(model_dir, data_dir, *bindings: str, timeout=600, devices: int = 1) -> None:
     log_path = f"{model_dir}.log"
     with open(log_path, "ab") as log:
-        process = start(model_dir, data_dir, *bindings, log=log, cache=cache, devices=devices)
+        process = start(model_dir, data_dir, *bindings, log=log, devices=devices)
         code = process.wait(timeout=timeout)
     if code:
         raise AssertionError(f"training exited with {code}:\n{log_tail(log_path)}")

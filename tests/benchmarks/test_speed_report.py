@@ -6,6 +6,7 @@ import sys
 import pytest
 
 from codegen2_jax.benchmarks import speed_report
+from tests import training_runs
 
 # Stand-ins for the reference scripts (which live outside the repository): their output format.
 JAX_REFERENCE = """import json, sys
@@ -22,7 +23,7 @@ for batch, tokens in ((1, 10.0), (4, 20.0)):
 
 @pytest.mark.slow
 def test_tiny_report_measures_the_project_beside_its_references(tmp_path, capsys, monkeypatch):
-    monkeypatch.setenv("XLA_FLAGS", "")  # the measurements see this machine, not 8 fake devices
+    training_runs.set_subprocess_env(monkeypatch)  # the measurements see one device, not 8
     (tmp_path / speed_report.JAX_REFERENCE).write_text(JAX_REFERENCE)
     (tmp_path / speed_report.HF_REFERENCE).write_text(HF_REFERENCE)
     out = tmp_path / "report.json"

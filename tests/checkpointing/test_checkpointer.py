@@ -515,9 +515,10 @@ def run_together(commands, env, timeout):
 @pytest.mark.slow
 def test_two_processes_each_restore_their_own_data_position(tmp_path):
     """Arrays span both processes (multi-host checksums); damage on one host sets aside for all."""
+    from tests import training_runs  # here: the workers run this file without it
+
     env = dict(
-        os.environ,
-        XLA_FLAGS="--xla_force_host_platform_device_count=4",
+        training_runs.subprocess_env(devices=4),
         PYTHONPATH=str(pathlib.Path(__file__).resolve().parents[2]),
     )
     command = [sys.executable, __file__, str(free_port()), str(tmp_path)]

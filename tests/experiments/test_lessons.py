@@ -123,13 +123,8 @@ def test_table_sets_the_claim_beside_the_measurement():
 
 @pytest.mark.slow  # about a minute: trains two arms for 3 steps
 def test_smoke_run_writes_results(tmp_path, monkeypatch, corpus_dir):
-    # This process evaluates with the session's 8 fake devices: start its backend before the
-    # environment is changed for the training subprocesses (one device each).
-    assert len(jax.devices()) == 8
-    env = training_runs.subprocess_env(str(tmp_path / "cache"))
-    monkeypatch.delenv("XLA_FLAGS", raising=False)
-    for name, value in env.items():
-        monkeypatch.setenv(name, value)
+    training_runs.set_subprocess_env(monkeypatch)  # one device per training subprocess
+    assert len(jax.devices()) == 8  # this process evaluates with the session's 8 fake devices
     monkeypatch.setenv("TFDS_DATA_DIR", corpus_dir)  # the session's embedded corpus
     out = tmp_path / "lessons"
     code = lessons.main(

@@ -10,6 +10,7 @@ import pytest
 
 from codegen2_jax import gin_config
 from codegen2_jax.experiments import sweep, sweep_summary
+from tests import training_runs
 
 SHIPPED = sorted((gin_config.GIN_DIR / "sweeps").glob("*.sweep"))
 
@@ -230,6 +231,7 @@ def test_a_sweep_ships():
 
 @pytest.mark.slow
 def test_real_two_job_sweep(tmp_path, monkeypatch, corpus_dir):
+    training_runs.set_subprocess_env(monkeypatch)  # one device per job
     monkeypatch.setenv("TFDS_DATA_DIR", corpus_dir)  # the session's embedded corpus
     path = tmp_path / "real.sweep"
     path.write_text(

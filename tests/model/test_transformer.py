@@ -1,4 +1,9 @@
-"""The Decoder: shapes, scan == unrolled, remat, and the packing / prefix-LM contract."""
+"""The Decoder: shapes, scan == unrolled, remat, and the packing / prefix-LM contract.
+
+Every computation is one compiled program: op-by-op, the same checks take seconds each.
+"""
+
+import functools
 
 import flax.linen as nn
 import jax
@@ -13,8 +18,13 @@ TINY = dict(vocab_size=97, num_layers=2, embed_dim=32, num_heads=4, rotary_dim=4
 
 def init(config, length=12, seed=0):
     model = Decoder(config)
-    params = nn.unbox(model.init(jax.random.key(seed), jnp.zeros((1, length), jnp.int32)))
-    return model, params["params"]
+    params = jax.jit(model.init)(jax.random.key(seed), jnp.zeros((1, length), jnp.int32))
+    return model, nn.unbox(params)["params"]
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def forward(model, params, x, **inputs):
+    return model.apply({"params": params}, x, **inputs)
 
 
 def tokens(shape, seed=1):
@@ -39,8 +49,8 @@ def test_scanned_and_unrolled_layers_compute_the_same_function():
         unrolled[f"layers_{i}"] = jax.tree.map(lambda x, i=i: x[i], scanned["layers"])
     x = tokens((2, 12))
     np.testing.assert_allclose(
-        scanned_model.apply({"params": scanned}, x),
-        unrolled_model.apply({"params": unrolled}, x),
+        forward(scanned_model, scanned, x),
+        forward(unrolled_model, unrolled, x),
         atol=1e-5,
     )
 
@@ -51,12 +61,14 @@ def test_remat_keeps_values_and_gradients(policy):
     remat_model = Decoder(TransformerConfig(**TINY, remat_policy=policy))
     x = tokens((2, 12))
 
+    @functools.partial(jax.jit, static_argnums=0)
     def loss(model, p):
         return jnp.mean(model.apply({"params": p}, x) ** 2)
 
+    gradient = jax.jit(jax.grad(loss, argnums=1), static_argnums=0)
     np.testing.assert_allclose(loss(base_model, params), loss(remat_model, params), rtol=1e-6)
-    g_base = jax.grad(lambda p: loss(base_model, p))(params)
-    g_remat = jax.grad(lambda p: loss(remat_model, p))(params)
+    g_base = gradient(base_model, params)
+    g_remat = gradient(remat_model, params)
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6), g_base, g_remat)
 
 
@@ -66,26 +78,26 @@ def test_packed_segments_equal_separate_documents():
     packed = jnp.concatenate([doc_a, doc_b], axis=1)
     segments = jnp.array([[1] * 5 + [2] * 7])
     positions = jnp.array([list(range(5)) + list(range(7))])
-    logits = model.apply(
-        {"params": params}, packed, decoder_segment_ids=segments, decoder_positions=positions
+    logits = forward(
+        model, params, packed, decoder_segment_ids=segments, decoder_positions=positions
     )
-    np.testing.assert_allclose(logits[:, :5], model.apply({"params": params}, doc_a), atol=1e-5)
-    np.testing.assert_allclose(logits[:, 5:], model.apply({"params": params}, doc_b), atol=1e-5)
+    np.testing.assert_allclose(logits[:, :5], forward(model, params, doc_a), atol=1e-5)
+    np.testing.assert_allclose(logits[:, 5:], forward(model, params, doc_b), atol=1e-5)
 
 
 def test_prefix_tokens_see_later_prefix_tokens_and_nothing_after():
     model, params = init(TransformerConfig(**TINY))
     x = tokens((1, 8))
     prefix = jnp.array([[1, 1, 1, 1, 0, 0, 0, 0]])
-    apply = lambda t: model.apply({"params": params}, t, decoder_causal_attention=prefix)
+    apply = lambda t: forward(model, params, t, decoder_causal_attention=prefix)
     changed_in_prefix = x.at[0, 3].set((x[0, 3] + 1) % TINY["vocab_size"])
     changed_after = x.at[0, 6].set((x[0, 6] + 1) % TINY["vocab_size"])
     # Position 0 is in the prefix, so it sees position 3 (bidirectional) but never position 6.
     assert not np.allclose(apply(x)[0, 0], apply(changed_in_prefix)[0, 0])
     np.testing.assert_allclose(apply(x)[0, :6], apply(changed_after)[0, :6], atol=1e-6)
     # Without the prefix flag the model is causal: position 0 ignores position 3.
-    causal = model.apply({"params": params}, changed_in_prefix)[0, 0]
-    np.testing.assert_allclose(model.apply({"params": params}, x)[0, 0], causal, atol=1e-6)
+    causal = forward(model, params, changed_in_prefix)[0, 0]
+    np.testing.assert_allclose(forward(model, params, x)[0, 0], causal, atol=1e-6)
 
 
 def test_bad_shapes_are_rejected_with_the_reason():
