@@ -27,7 +27,11 @@ setuptools.setup(
     long_description_content_type="text/markdown",
     license="Apache-2.0",
     python_requires=">=3.10",
-    packages=setuptools.find_packages(include=["codegen2_jax", "codegen2_jax.*", "tasks"]),
+    # Namespace packages too: the asset folders hold data files only, listed as packages so
+    # that setuptools ships them without calling the configuration ambiguous.
+    packages=setuptools.find_namespace_packages(
+        include=["codegen2_jax", "codegen2_jax.*", "tasks"], exclude=["*__pycache__"]
+    ),
     include_package_data=True,
     package_data={
         "codegen2_jax.data": ["assets/*.model"],
