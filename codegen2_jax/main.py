@@ -30,7 +30,7 @@ from collections.abc import Sequence
 import gin
 import jax
 
-from codegen2_jax import gin_config, train
+from codegen2_jax import gin_config, metrics, train
 
 logger = logging.getLogger(__name__)
 
@@ -158,7 +158,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     summary = gin_config.configured(train.train)(config_text=text)
     if summary is None:  # the run was already finished: its results stay as they are
         return
-    results = os.path.join(model_dir, "final_metrics.json")
+    results = os.path.join(model_dir, metrics.FINAL_METRICS_FILE)
     if jax.process_index() == 0:
         with open(results, "w", encoding="utf-8") as f:
             json.dump(summary, f, indent=1, sort_keys=True)

@@ -35,6 +35,7 @@ def model_flops_utilization(
 
 
 METRICS_FILE = "metrics.jsonl"
+FINAL_METRICS_FILE = "final_metrics.json"  # the finished run's summary (main writes it)
 
 
 def make_writer(model_dir: str):

@@ -26,7 +26,7 @@ import sys
 import time
 from collections.abc import Sequence
 
-from codegen2_jax import gin_config
+from codegen2_jax import gin_config, metrics
 from codegen2_jax.experiments import lessons_eval, lessons_report, sweep, sweep_summary
 from codegen2_jax.experiments.lessons_eval import EvalSettings
 from codegen2_jax.experiments.lessons_report import Claim, Lesson
@@ -214,7 +214,7 @@ def arm_sweep(arm: str, scale: Scale, seeds: int, extra: Sequence[tuple[str, str
 
 
 def _finished(model_dir: str) -> bool:
-    return os.path.exists(os.path.join(model_dir, sweep_summary.FINAL_METRICS_FILE))
+    return os.path.exists(os.path.join(model_dir, metrics.FINAL_METRICS_FILE))
 
 
 def train_arm(arm_jobs: sweep.Sweep, out: str) -> list[str]:

@@ -23,7 +23,6 @@ if TYPE_CHECKING:
     from codegen2_jax.experiments.sweep import Sweep
 
 DEFAULT_METRICS = r"loss$"  # the table's metric columns; summary.json keeps every scalar
-FINAL_METRICS_FILE = "final_metrics.json"  # codegen2_jax.main writes it when training returns
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,7 +56,7 @@ def from_dirs(model_dirs: Sequence[str]) -> list[JobResult]:
     """Results read back from job directories, for tabulating a sweep run earlier."""
     results = []
     for model_dir in model_dirs:
-        if (epath.Path(model_dir) / FINAL_METRICS_FILE).exists():
+        if (epath.Path(model_dir) / metrics.FINAL_METRICS_FILE).exists():
             status = "finished"
         elif final_metrics(model_dir)[0] is not None:
             status = "unfinished"

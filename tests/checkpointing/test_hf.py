@@ -86,18 +86,12 @@ def random_params(config: TransformerConfig, seed: int = 0) -> dict:
 
 
 @pytest.mark.parametrize("scan_layers", [True, False])
-def test_import_matches_transformers(hf_model, hf_dir, tokens, scan_layers):
-    params, config = hf.import_checkpoint(hf_dir, mp_num=4, scan_layers=scan_layers)
+@pytest.mark.parametrize("mp_num, directory", [(4, "hf_dir"), (8, "mp8_dir")])
+def test_import_matches_transformers(request, hf_model, tokens, mp_num, directory, scan_layers):
+    checkpoint = request.getfixturevalue(directory)  # saved with mp_num's qkv layout
+    params, config = hf.import_checkpoint(checkpoint, mp_num=mp_num, scan_layers=scan_layers)
     diff = max_diff(our_logits(params, config, tokens), hf_logits(hf_model, tokens))
-    print(f"import mp_num=4 scan_layers={scan_layers}: max abs logit diff {diff:.2e}")
-    assert diff <= TOLERANCE
-
-
-@pytest.mark.parametrize("scan_layers", [True, False])
-def test_import_mp8_matches_transformers(hf_model, mp8_dir, tokens, scan_layers):
-    params, config = hf.import_checkpoint(mp8_dir, mp_num=8, scan_layers=scan_layers)
-    diff = max_diff(our_logits(params, config, tokens), hf_logits(hf_model, tokens))
-    print(f"import mp_num=8 scan_layers={scan_layers}: max abs logit diff {diff:.2e}")
+    print(f"import mp_num={mp_num} scan_layers={scan_layers}: max abs logit diff {diff:.2e}")
     assert diff <= TOLERANCE
 
 
