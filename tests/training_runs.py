@@ -8,6 +8,7 @@ dozens of them. The command line itself (`python -m codegen2_jax.main`) is what 
 and sweep tests run.
 """
 
+import atexit
 import contextlib
 import json
 import multiprocessing
@@ -99,7 +100,13 @@ def _run_main(argv: list[str], env: dict[str, str], log_path: str) -> None:
     os.dup2(log, 2)
     from codegen2_jax import main
 
-    main.main(argv)
+    try:
+        main.main(argv)
+    finally:
+        # multiprocessing ends the process with os._exit, which skips what an interpreter's exit
+        # runs: jax's clean_up among them, whose jax.distributed shutdown barrier keeps process
+        # 0 (the coordination service) up until every process of the job has finished.
+        atexit._run_exitfuncs()
 
 
 class TrainingProcess:
