@@ -9,7 +9,6 @@ and sweep tests run.
 """
 
 import atexit
-import contextlib
 import json
 import multiprocessing
 import os
@@ -21,6 +20,7 @@ from multiprocessing import forkserver
 
 import jax
 import numpy as np
+import pytest
 
 from codegen2_jax import gin_config, metrics, optim, partitioning, train_state
 from codegen2_jax.checkpointing import checkpointer
@@ -70,22 +70,11 @@ _PRELOAD = ["codegen2_jax.main", "tasks", __name__]
 _FORKS = multiprocessing.get_context("forkserver")
 
 
-@contextlib.contextmanager
-def _environment(env: dict[str, str]):
-    saved = dict(os.environ)
-    os.environ.clear()
-    os.environ.update(env)
-    try:
-        yield
-    finally:
-        os.environ.clear()
-        os.environ.update(saved)
-
-
 def _start_fork_server() -> None:
     """Starts the server once, under subprocess_env(): jax and TensorFlow read their variables
     at import. Only XLA_FLAGS, read when a backend starts, may differ between the processes."""
-    with _environment(subprocess_env()):
+    with pytest.MonkeyPatch.context() as patch:
+        set_subprocess_env(patch)
         _FORKS.set_forkserver_preload(_PRELOAD)
         forkserver.ensure_running()
 
@@ -98,6 +87,7 @@ def _run_main(argv: list[str], env: dict[str, str], log_path: str) -> None:
     log = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
     os.dup2(log, 1)
     os.dup2(log, 2)
+    os.close(log)
     from codegen2_jax import main
 
     try:
